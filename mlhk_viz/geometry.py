@@ -1,0 +1,89 @@
+"""Molecule geometry: alignment to a reference frame and K-means training selection.
+
+Positions are in Å, shape ``(n_molecules, n_atoms, 3)``; atoms are in the same order in every
+molecule of a data set (the descriptor is permutation invariant, but alignment is by index).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+from sklearn.cluster import KMeans
+
+
+def as_positions(positions, name: str = "positions") -> np.ndarray:
+    """Validate and return float positions ``(n, n_atoms, 3)`` (a single ``(n_atoms, 3)`` is promoted)."""
+    p = np.asarray(positions, dtype=float)
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3 or p.shape[-1] != 3 or p.shape[1] < 1:
+        raise ValueError(f"{name}: expected shape (n_molecules, n_atoms, 3) in Å, got {p.shape}")
+    if not np.all(np.isfinite(p)):
+        bad = np.argwhere(~np.isfinite(p).all(axis=(1, 2)))[:, 0]
+        raise ValueError(f"{name}: non-finite coordinates in molecule(s) {bad[:10].tolist()}")
+    return p
+
+
+def centre(positions, weights=None) -> np.ndarray:
+    """Translate each molecule so its (weighted) centroid is at the origin."""
+    p = as_positions(positions)
+    w = np.ones(p.shape[1]) if weights is None else np.asarray(weights, float)
+    c = np.einsum("a,mad->md", w, p) / w.sum()
+    return p - c[:, None, :]
+
+
+def align(positions, reference, weights=None) -> np.ndarray:
+    """Kabsch-align every molecule onto ``reference`` (atoms matched by index).
+
+    positions : ``(n, n_atoms, 3)`` Å; reference : ``(n_atoms, 3)`` Å; weights : ``(n_atoms,)``
+    (e.g. masses) for both the centroid and the rotation fit. Returns ``(n, n_atoms, 3)``: each
+    molecule centred at the weighted centroid and rotated (proper rotations only) to best match the
+    reference, itself centred. Uses :meth:`scipy.spatial.transform.Rotation.align_vectors`.
+    """
+    p = centre(positions, weights)
+    ref = centre(reference, weights)[0]
+    if ref.shape != p.shape[1:]:
+        raise ValueError(f"align: reference has shape {ref.shape}, molecules have {p.shape[1:]}")
+    w = None if weights is None else np.asarray(weights, float)
+    out = np.empty_like(p)
+    with warnings.catch_warnings():
+        # linear molecules (H2) leave the rotation about their axis undetermined: any is fine
+        warnings.simplefilter("ignore", UserWarning)
+        for i, mol in enumerate(p):  # one 3x3 SVD per molecule
+            rot, _ = Rotation.align_vectors(ref, mol, weights=w)
+            out[i] = rot.apply(mol)
+    return out
+
+
+def kmeans_select(features, m: int, seed: int = 0, candidates=None) -> np.ndarray:
+    """Pick ``m`` training points spread evenly over feature space.
+
+    Runs scikit-learn's KMeans with ``m`` clusters on ``features[candidates]`` and returns, for
+    each centre, the index (into ``features``) of the nearest real point, distinct across centres
+    (a centre whose nearest point is taken gets its next nearest). Deterministic for a seed.
+
+    features : ``(n, d)`` (e.g. flattened aligned positions, Å); candidates : indices allowed.
+    returns : ``(m,)`` int indices into ``features``, sorted.
+    """
+    x = np.asarray(features, dtype=float).reshape(len(features), -1)
+    cand = np.arange(len(x)) if candidates is None else np.asarray(candidates, int)
+    if not 1 <= m <= len(cand):
+        raise ValueError(f"kmeans_select: m must be between 1 and {len(cand)} (the candidates), got {m}")
+    km = KMeans(n_clusters=m, n_init=10, random_state=seed).fit(x[cand])
+    d2 = ((km.cluster_centers_[:, None, :] - x[cand][None, :, :]) ** 2).sum(-1)  # (m, n_cand)
+    chosen: list[int] = []
+    taken = np.zeros(len(cand), bool)
+    for row in d2:  # m small greedy steps over centres, not over points
+        order = np.argsort(row)
+        j = order[~taken[order]][0]
+        taken[j] = True
+        chosen.append(int(cand[j]))
+    return np.sort(np.array(chosen))
+
+
+def bond_length(positions, i: int = 0, j: int = 1) -> np.ndarray:
+    """Distance between atoms i and j of each molecule: ``(n,)`` Å."""
+    p = as_positions(positions)
+    return np.linalg.norm(p[:, i] - p[:, j], axis=-1)
