@@ -1,0 +1,147 @@
+"""Resumable, Dask-parallel generation of reference data sets.
+
+Work is cut into chunks of geometries. Each finished chunk is written atomically into a parts
+folder beside the output (``<out>.parts-<hash>/chunk-00012.npz``) the moment it arrives, so an
+interrupted run loses at most the chunks in flight; a rerun reuses every valid chunk and
+computes only the rest. The folder's name carries a hash of the geometries and the method, so
+parts made with other settings are never mixed in. When all chunks exist they are assembled
+into one data-set file and the parts folder is removed.
+
+By default a :class:`dask.distributed.LocalCluster` of single-threaded worker processes runs the
+chunks (PySCF's own threads scale poorly; two single-threaded workers on two cores give 1.65x
+the throughput of one two-threaded one, see shared facts); ``scheduler=ADDRESS`` uses an
+existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import Dataset, DatasetError, load_npz, save_npz
+from ..progress import Progress, null_progress
+from .pyscf_runner import DEFAULT_METHOD, single_point
+
+CHUNK_FORMAT = "mlhk-viz-chunk"
+
+
+def compute_chunk(numbers, positions, method: dict) -> dict:
+    """Single points for a chunk of geometries ``(k, n_atoms, 3)`` Å: stacked arrays."""
+    rows = [single_point(numbers, p, method) for p in positions]
+    return {
+        "energies": np.array([r["energy"] for r in rows]),
+        "converged": np.array([r["converged"] for r in rows]),
+        "attempts": np.array([r["attempts"] for r in rows]),
+        "truncation_error": np.array([r["truncation_error"] for r in rows]),
+        "seconds": np.array([r["seconds"] for r in rows]),
+        "mo_coeff": np.stack([r["mo_coeff"] for r in rows]),
+        "mo_occ": np.stack([r["mo_occ"] for r in rows]),
+    }
+
+
+def _digest(numbers, positions, method) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(numbers, np.int64).tobytes())
+    h.update(np.ascontiguousarray(positions, np.float64).tobytes())
+    h.update(json.dumps(method, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def parts_dir(out, numbers, positions, method) -> Path:
+    out = Path(out)
+    return out.parent / f"{out.name}.parts-{_digest(numbers, positions, method)[:12]}"
+
+
+def _read_chunk(path: Path, n_expected: int) -> dict | None:
+    """A finished chunk, or None if it is missing or unusable (then it is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        arrays, _ = load_npz(path, kind=CHUNK_FORMAT)
+    except DatasetError:
+        return None
+    ok = all(k in arrays for k in ("energies", "converged", "mo_coeff", "mo_occ", "truncation_error"))
+    if not ok or len(arrays["energies"]) != n_expected or not np.all(np.isfinite(arrays["energies"])):
+        return None
+    return arrays
+
+
+def generate(
+    name: str,
+    out,
+    numbers,
+    positions,
+    method: dict = DEFAULT_METHOD,
+    chunk_size: int = 10,
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    ordered: bool = False,
+    description: str = "",
+    progress: Progress = null_progress,
+    log=print,
+) -> Dataset:
+    """Compute PBE energies and densities for ``positions`` ``(n, n_atoms, 3)`` Å and write ``out``.
+
+    Resumable (see the module doc). Returns the assembled :class:`~mlhk_viz.datasets.Dataset`.
+    Geometries whose SCF does not converge after the retries are kept with ``converged=False``
+    and listed in the log; models skip them by default.
+    """
+    numbers = np.asarray(numbers, int)
+    positions = np.asarray(positions, float)
+    n = len(positions)
+    parts = parts_dir(out, numbers, positions, method)
+    parts.mkdir(parents=True, exist_ok=True)
+    (parts / "manifest.json").write_text(json.dumps(
+        {"name": name, "n": n, "chunk_size": chunk_size, "method": method}, indent=1))
+    bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    chunk_path = lambda i: parts / f"chunk-{i:05d}.npz"  # noqa: E731
+    done = {i: c for i, (s, e) in enumerate(bounds) if (c := _read_chunk(chunk_path(i), e - s)) is not None}
+    todo = [i for i in range(len(bounds)) if i not in done]
+    log(f"{name}: {n} geometries in {len(bounds)} chunks; {len(done)} already done, {len(todo)} to compute")
+    progress(sum(bounds[i][1] - bounds[i][0] for i in done), n, f"PBE {name}")
+
+    if todo:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                                      processes=True, dashboard_address=None)
+        try:
+            with Client(scheduler or cluster) as client:
+                futures = {client.submit(compute_chunk, numbers, positions[s:e], method, pure=False): i
+                           for i in todo for s, e in [bounds[i]]}
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    arrays = fut.result()
+                    save_npz(chunk_path(i), arrays, {"format": CHUNK_FORMAT, "chunk": i, "bounds": bounds[i]})
+                    done[i] = arrays
+                    progress(sum(bounds[j][1] - bounds[j][0] for j in done), n, f"PBE {name}")
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+    cat = lambda k: np.concatenate([done[i][k] for i in range(len(bounds))])  # noqa: E731
+    converged = cat("converged").astype(bool)
+    bad = np.flatnonzero(~converged)
+    if len(bad):
+        log(f"{name}: WARNING: SCF did not converge for {len(bad)} geometries after retries: {bad.tolist()}")
+    import pyscf
+
+    meta = {
+        "density_store": "mo", "box_bohr": 20.0, "basis_per_axis": 50, "ordered": ordered,
+        "description": description,
+        "method": dict(method, pyscf_version=pyscf.__version__),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds_per_geometry": float(np.mean(cat("seconds"))),
+    }
+    ds = Dataset(name=name, numbers=numbers, positions=positions, energies=cat("energies"), converged=converged,
+                 truncation_error=cat("truncation_error"), meta=meta, mo_coeff=cat("mo_coeff"), mo_occ=cat("mo_occ"))
+    ds.save(out)
+    shutil.rmtree(parts, ignore_errors=True)
+    log(f"{name}: wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB); "
+        f"mean {meta['seconds_per_geometry']:.2f} s per geometry per worker")
+    return ds
