@@ -236,13 +236,12 @@ def self_sq_norms(positions, numbers, gamma: float, axes) -> np.ndarray:
     z = _check_numbers(numbers, pos.shape[1])
     gamma = _check_positive(gamma, "gamma")
     axes = _check_axes(axes)
-    return _self_sq_norms(pos, z, gamma, axes)
+    return _self_sq_norms(_axis_factors(pos, z, gamma, axes), *pos.shape[:2])
 
 
-def _self_sq_norms(pos, z, gamma, axes):
-    n, n_atoms, _ = pos.shape
+def _self_sq_norms(factors, n, n_atoms):
     prod = None
-    for f in _axis_factors(pos, z, gamma, axes):
+    for f in factors:
         f = f.reshape(n, n_atoms, -1)
         s = np.matmul(f, f.transpose(0, 2, 1))  # (n, A, A) per-axis inner products
         prod = s if prod is None else np.multiply(prod, s, out=prod)
@@ -319,8 +318,8 @@ def sq_distances(positions_a, positions_b, numbers, gamma: float, axes, block: i
 
     fa = _axis_factors(a, z, gamma, axes)
     fb = fa if b is None else _axis_factors(b, z, gamma, axes)
-    norms_a = _self_sq_norms(a, z, gamma, axes)
-    norms_b = norms_a if b is None else _self_sq_norms(b, z, gamma, axes)
+    norms_a = _self_sq_norms(fa, *a.shape[:2])
+    norms_b = norms_a if b is None else _self_sq_norms(fb, *b.shape[:2])
 
     def inner(i0, i1, j0):
         rows = slice(i0 * n_atoms, i1 * n_atoms)

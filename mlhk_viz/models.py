@@ -1,0 +1,361 @@
+"""The ML-HK and ML-KS estimators, the error decomposition, and model files.
+
+Both follow scikit-learn's conventions (``fit``/``predict``/``score``, ``get_params``/
+``set_params``, ``sklearn.base.clone``). Inputs ``X`` are molecules of one composition: an array
+of positions ``(n, n_atoms, 3)`` in Å (with ``numbers=`` at fit time) or a list of
+:class:`ase.Atoms`. Energies are in Hartree; density coefficients ``(n, 125000)`` are in the
+orthonormal Fourier basis of :mod:`mlhk_viz.basis`.
+
+ML-HK (the paper's Eqs. 9, 12, 13): potential -> KRR per coefficient -> predicted density ->
+KRR energy functional on the predicted coefficients. ML-KS (Eq. 15): potential -> energy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase.data import atomic_masses
+from sklearn.base import BaseEstimator, RegressorMixin
+
+from .basis import FourierBasis
+from .descriptor import GaussianPotential
+from .geometry import align, as_positions
+from .krr import KernelRidgeModel, cv_grid, kfold_indices
+from .progress import Progress, null_progress
+
+#: default CV grids: sigma as multiples of the median training distance, lambda absolute
+SIGMA_FACTORS = np.logspace(-1.5, 1.5, 21)
+LAMBDAS = np.logspace(-14, -1, 14)
+
+MODEL_FORMAT = "mlhk-viz-model"
+MODEL_VERSION = 1
+
+
+def molecules(X, numbers=None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise ``X`` (positions array or list of ase.Atoms) to ``(positions (n, n_atoms, 3) Å, numbers)``."""
+    if isinstance(X, (list, tuple)) and X and hasattr(X[0], "get_positions"):
+        nums = np.asarray(X[0].numbers)
+        for i, a in enumerate(X):
+            if not np.array_equal(a.numbers, nums):
+                raise ValueError(f"X[{i}] has atoms {a.get_chemical_formula()}, X[0] has "
+                                 f"{X[0].get_chemical_formula()}: one composition (same atom order) per model")
+        pos = np.stack([a.get_positions() for a in X])
+        if numbers is not None and not np.array_equal(np.asarray(numbers), nums):
+            raise ValueError("numbers= disagrees with the atoms in X")
+        return as_positions(pos, "X"), nums
+    pos = as_positions(X, "X")
+    if numbers is None:
+        raise ValueError("X is a positions array: pass numbers= (atomic numbers, shape (n_atoms,))")
+    nums = np.asarray(numbers, int).reshape(-1)
+    if len(nums) != pos.shape[1]:
+        raise ValueError(f"numbers has {len(nums)} atoms, X has {pos.shape[1]} per molecule")
+    return pos, nums
+
+
+def _targets(y, n: int, name: str, width: int | None = None) -> np.ndarray:
+    a = np.asarray(y, dtype=float)
+    if a.shape[0] != n:
+        raise ValueError(f"{name}: {a.shape[0]} rows for {n} molecules")
+    if width is not None and (a.ndim != 2 or a.shape[1] != width):
+        raise ValueError(f"{name}: expected shape ({n}, {width}), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: non-finite values (NaN or inf)")
+    return a
+
+
+def sq_feature_distances(A, B=None) -> np.ndarray:
+    """Squared Euclidean distances between rows, by Gram matrices (BLAS): ``(len(A), len(B))``."""
+    A = np.asarray(A, float)
+    B = A if B is None else np.asarray(B, float)
+    d = np.einsum("ij,ij->i", A, A)[:, None] + np.einsum("ij,ij->i", B, B)[None, :] - 2.0 * A @ B.T
+    np.maximum(d, 0.0, out=d)
+    return d
+
+
+def _median_distance(D: np.ndarray) -> float:
+    off = D[~np.eye(len(D), dtype=bool)] if D.shape[0] == D.shape[1] else D.ravel()
+    med = float(np.sqrt(np.median(off))) if off.size else 1.0
+    return med if med > 0 else 1.0
+
+
+@dataclass
+class HyperChoice:
+    """Hyperparameters in use and, when chosen by CV, the CV table they came from."""
+
+    sigma: float | np.ndarray
+    lam: float | np.ndarray
+    cv: object | None = None  # krr.CVResult
+
+
+def _choose(D, Y, sigma, lam, sigma_factors, lams, cv, per_output, progress, stage) -> HyperChoice:
+    """Use given (sigma, lam) or pick them by CV on the training set only."""
+    if sigma is not None and lam is not None:
+        return HyperChoice(sigma, lam)
+    med = _median_distance(D)
+    sigmas = np.array([sigma], float) if sigma is not None else np.asarray(sigma_factors, float) * med
+    lam_grid = np.array([lam], float) if lam is not None else np.asarray(lams, float)
+    folds = "loo" if cv == "loo" else kfold_indices(len(D), int(cv), seed=0)
+    res = cv_grid(D, Y, sigmas, lam_grid, cv=folds, per_output=per_output,
+                  progress=lambda d, t, s: progress(d, t, stage))
+    return HyperChoice(res.best_sigma, res.best_lam, res)
+
+
+class _Base(BaseEstimator, RegressorMixin):
+    """Shared descriptor handling: alignment, grid, distances."""
+
+    def _prepare_fit(self, X, numbers):
+        pos, nums = molecules(X, numbers)
+        if len(pos) < 2:
+            raise ValueError(f"need at least 2 training molecules, got {len(pos)}")
+        self.numbers_ = nums
+        self.reference_ = None if self.reference is None else as_positions(self.reference, "reference")[0]
+        pos = self._align(pos)
+        self.potential_ = GaussianPotential(self.gamma, self.spacing)
+        self.axes_ = self.potential_.axes(pos)
+        self.X_fit_ = pos
+        return pos
+
+    def _align(self, pos):
+        if self.reference_ is None:
+            return pos
+        return align(pos, self.reference_, weights=atomic_masses[self.numbers_])
+
+    def _check_X(self, X):
+        if not hasattr(self, "X_fit_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit first")
+        pos, _ = molecules(X, self.numbers_ if not (isinstance(X, (list, tuple)) and X and hasattr(X[0], "numbers")) else None)
+        if pos.shape[1] != len(self.numbers_):
+            raise ValueError(f"X has {pos.shape[1]} atoms per molecule, the model was fitted on {len(self.numbers_)}")
+        return self._align(pos)
+
+    def descriptor_distances(self, X) -> np.ndarray:
+        """Squared descriptor distances from ``X`` to the training molecules: ``(n, M)``."""
+        pos = self._check_X(X)
+        return self.potential_.sq_distances(pos, self.X_fit_, self.numbers_, self.axes_)
+
+
+class MLKS(_Base):
+    """ML-KS: kernel ridge regression straight from the Gaussian potential to the energy (Eq. 15).
+
+    Parameters
+    ----------
+    gamma, spacing : float
+        Width and grid spacing of the artificial Gaussian potential, Å.
+    sigma, lam : float or None
+        Kernel width (in descriptor-distance units) and ridge; None picks each by CV on the
+        training set over ``sigma_factors`` x (median training distance) and ``lams``.
+    cv : "loo" or int
+        Leave-one-out (closed form) or k-fold CV.
+    reference : (n_atoms, 3) array or None
+        Geometry to Kabsch-align every input onto (Å); None uses inputs as given.
+    """
+
+    def __init__(self, gamma=0.2, spacing=0.08, sigma=None, lam=None, cv="loo", sigma_factors=SIGMA_FACTORS,
+                 lams=LAMBDAS, reference=None):
+        self.gamma, self.spacing, self.sigma, self.lam, self.cv = gamma, spacing, sigma, lam, cv
+        self.sigma_factors, self.lams, self.reference = sigma_factors, lams, reference
+
+    def fit(self, X, y, numbers=None, progress: Progress = null_progress):
+        """Fit on molecules ``X`` and energies ``y`` ``(n,)`` Hartree."""
+        pos = self._prepare_fit(X, numbers)
+        y = _targets(y, len(pos), "y (energies)")
+        progress(0, 1, "descriptor")
+        D = self.potential_.sq_distances(pos, None, self.numbers_, self.axes_)
+        progress(1, 1, "descriptor")
+        self.hyper_ = _choose(D, y[:, None], self.sigma, self.lam, self.sigma_factors, self.lams, self.cv,
+                              False, progress, "energy CV")
+        self.model_ = KernelRidgeModel().fit(D, y[:, None], self.hyper_.sigma, self.hyper_.lam)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Energies ``(n,)`` Hartree."""
+        return self.model_.predict(self.descriptor_distances(X))[:, 0]
+
+
+class MLHK(_Base):
+    """ML-HK: potential -> density coefficients (one KRR each, Eq. 12) -> energy functional (Eq. 13).
+
+    Parameters
+    ----------
+    gamma, spacing : float
+        Gaussian potential width and grid spacing, Å (the paper: 0.2 and 0.08).
+    sigma, lam : float or None
+        Density-model kernel width and ridge, shared by all coefficients; None: by CV.
+    per_coefficient : bool
+        Choose (sigma, lam) by CV separately for every coefficient, as in the paper's Eq. 12
+        (only when ``sigma``/``lam`` are None).
+    energy_sigma, energy_lam : float or None
+        Energy functional's kernel width (in density-L2 units) and ridge; None: by CV.
+    energy_features : "predicted" or "dft"
+        Train the functional on the model's own in-sample densities (Eq. 13) or on the DFT ones.
+    cv, sigma_factors, lams, reference : as in :class:`MLKS`.
+    basis : FourierBasis
+        The density basis (for densities on grids and electron counts).
+    """
+
+    def __init__(self, gamma=0.2, spacing=0.08, sigma=None, lam=None, per_coefficient=False, energy_sigma=None,
+                 energy_lam=None, energy_features="predicted", cv="loo", sigma_factors=SIGMA_FACTORS, lams=LAMBDAS,
+                 reference=None, basis=FourierBasis()):
+        self.gamma, self.spacing, self.sigma, self.lam = gamma, spacing, sigma, lam
+        self.per_coefficient, self.energy_sigma, self.energy_lam = per_coefficient, energy_sigma, energy_lam
+        self.energy_features, self.cv, self.sigma_factors, self.lams = energy_features, cv, sigma_factors, lams
+        self.reference, self.basis = reference, basis
+
+    def fit(self, X, y, coefficients, numbers=None, progress: Progress = null_progress):
+        """Fit on molecules ``X``, energies ``y`` ``(n,)`` Hartree and DFT coefficients ``(n, basis.size)``."""
+        if self.energy_features not in ("predicted", "dft"):
+            raise ValueError(f"energy_features must be 'predicted' or 'dft', got {self.energy_features!r}")
+        pos = self._prepare_fit(X, numbers)
+        y = _targets(y, len(pos), "y (energies)")
+        U = _targets(coefficients, len(pos), "coefficients", self.basis.size)
+        progress(0, 1, "descriptor")
+        D = self.potential_.sq_distances(pos, None, self.numbers_, self.axes_)
+        progress(1, 1, "descriptor")
+        self.density_hyper_ = _choose(D, U, self.sigma, self.lam, self.sigma_factors, self.lams, self.cv,
+                                      self.per_coefficient, progress, "density CV")
+        progress(0, 1, "density solve")
+        self.density_model_ = KernelRidgeModel().fit(D, U, self.density_hyper_.sigma, self.density_hyper_.lam)
+        progress(1, 1, "density solve")
+        self._fit_energy(D, U, y, progress)
+        return self
+
+    def _fit_energy(self, D, U, y, progress):
+        F = self.density_model_.predict(D) if self.energy_features == "predicted" else U
+        self.energy_features_ = F
+        DF = sq_feature_distances(F)
+        self.energy_hyper_ = _choose(DF, y[:, None], self.energy_sigma, self.energy_lam, self.sigma_factors,
+                                     self.lams, self.cv, False, progress, "energy CV")
+        self.energy_model_ = KernelRidgeModel().fit(DF, y[:, None], self.energy_hyper_.sigma, self.energy_hyper_.lam)
+
+    # -- prediction ---------------------------------------------------------------
+    def predict_coefficients(self, X) -> np.ndarray:
+        """Predicted density coefficients ``(n, basis.size)``."""
+        return self.density_model_.predict(self.descriptor_distances(X))
+
+    def energy_of(self, coefficients) -> np.ndarray:
+        """The learned functional E^ML[n] for densities given by ``coefficients`` ``(n, size)``: ``(n,)`` Hartree."""
+        U = np.atleast_2d(np.asarray(coefficients, float))
+        return self.energy_model_.predict(sq_feature_distances(U, self.energy_features_))[:, 0]
+
+    def predict(self, X) -> np.ndarray:
+        """E^ML[n^ML[v]]: energies ``(n,)`` Hartree."""
+        return self.energy_of(self.predict_coefficients(X))
+
+    def predict_density(self, X, axes_bohr=None, points: int = 64) -> np.ndarray:
+        """Predicted densities on a grid: ``(n, nx, ny, nz)`` e/bohr³ (box grid of ``points`` by default)."""
+        c = self.predict_coefficients(X)
+        if axes_bohr is None:
+            return self.basis.to_grid(c, points)
+        return self.basis.evaluate(c, *axes_bohr)
+
+    def predict_variance(self, X) -> np.ndarray:
+        """GP posterior variance of the density model at ``X`` (shared by all coefficients): ``(n,)``.
+
+        In units of the prior variance: 0 at training points, towards 1 far from them.
+        """
+        D = self.descriptor_distances(X)
+        return self.density_model_.variance(D)
+
+    def error_decomposition(self, X, energies, coefficients) -> dict:
+        """Per-molecule errors in Hartree: ``dE = dE_F + dE_D`` (the paper's Eq. 14, ML estimate).
+
+        ``dE = E^ML[n^ML] - E^DFT``, ``dE_D = E^ML[n^ML] - E^ML[n^DFT]`` (density-driven),
+        ``dE_F = E^ML[n^DFT] - E^DFT`` (functional-driven). Also ``density_l2`` = ||n^ML - n^DFT||
+        (the coefficient distance) and the energies themselves.
+        """
+        pos = self._check_X(X)
+        E = _targets(energies, len(pos), "energies")
+        U = _targets(coefficients, len(pos), "coefficients", self.basis.size)
+        Uml = self.density_model_.predict(self.potential_.sq_distances(pos, self.X_fit_, self.numbers_, self.axes_))
+        e_ml = self.energy_of(Uml)
+        e_ml_dft = self.energy_of(U)
+        return {
+            "E_dft": E, "E_ml": e_ml, "E_ml_at_dft_density": e_ml_dft,
+            "dE": e_ml - E, "dE_D": e_ml - e_ml_dft, "dE_F": e_ml_dft - E,
+            "density_l2": np.sqrt(np.sum((Uml - U) ** 2, axis=1)),
+        }
+
+
+# -- model files -----------------------------------------------------------------------------
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, FourierBasis):
+        return {"box": v.box, "n": v.n}
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+def save_model(model, path) -> Path:
+    """Save a fitted :class:`MLHK` or :class:`MLKS` (``.npz``, no pickle; see docs/formats.md)."""
+    from .datasets import save_npz
+
+    if not hasattr(model, "X_fit_"):
+        raise ValueError("save_model: the model is not fitted")
+    kind = type(model).__name__
+    arrays = {"X_fit": model.X_fit_, "numbers": model.numbers_, "axes_x": model.axes_[0], "axes_y": model.axes_[1],
+              "axes_z": model.axes_[2]}
+    if model.reference_ is not None:
+        arrays["reference"] = model.reference_
+    parts = {"MLKS": {"energy": model.model_}}.get(kind) or {"density": model.density_model_, "energy": model.energy_model_}
+    for prefix, km in parts.items():
+        for k, v in km.to_arrays().items():
+            arrays[f"{prefix}/{k}"] = v
+    if kind == "MLHK":
+        arrays["energy_features"] = model.energy_features_
+    params = {k: _jsonable(v) for k, v in model.get_params().items() if k != "reference"}
+    meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": kind, "params": params}
+    save_npz(path, arrays, meta, compress=False)
+    return Path(path)
+
+
+def load_model(path):
+    """Load a model saved by :func:`save_model`; raises ``DatasetError`` saying what is wrong."""
+    from .datasets import DatasetError, load_npz
+
+    arrays, meta = load_npz(path, kind=MODEL_FORMAT)
+    if meta.get("version") != MODEL_VERSION:
+        raise DatasetError(f"{path}: model format version {meta.get('version')!r} is not supported "
+                           f"(this mlhk-viz reads version {MODEL_VERSION})")
+    kind = meta.get("kind")
+    if kind not in ("MLHK", "MLKS"):
+        raise DatasetError(f"{path}: unknown model kind {kind!r}")
+    params = dict(meta["params"])
+    for k in ("sigma_factors", "lams"):
+        params[k] = np.asarray(params[k], float)
+    if "basis" in params:
+        params["basis"] = FourierBasis(**params["basis"])
+    model = (MLHK if kind == "MLHK" else MLKS)(reference=arrays.get("reference"), **params)
+    try:
+        model.X_fit_, model.numbers_ = arrays["X_fit"], arrays["numbers"]
+        model.axes_ = (arrays["axes_x"], arrays["axes_y"], arrays["axes_z"])
+        model.reference_ = arrays.get("reference")
+        model.potential_ = GaussianPotential(model.gamma, model.spacing)
+
+        def sub(prefix):
+            return KernelRidgeModel.from_arrays({k.split("/", 1)[1]: v for k, v in arrays.items()
+                                                 if k.startswith(prefix + "/")})
+
+        if kind == "MLKS":
+            model.model_ = sub("energy")
+        else:
+            model.density_model_, model.energy_model_ = sub("density"), sub("energy")
+            model.energy_features_ = arrays["energy_features"]
+    except KeyError as exc:
+        raise DatasetError(f"{path}: model file is missing array {exc}") from None
+    return model
+
+
+def model_summary(model) -> str:
+    """One line with the hyperparameters in use (for logs and the app)."""
+    if isinstance(model, MLKS):
+        h = model.hyper_ if hasattr(model, "hyper_") else None
+        return json.dumps({"kind": "MLKS", "sigma": _jsonable(getattr(h, "sigma", None)), "lam": _jsonable(getattr(h, "lam", None))})
+    d, e = getattr(model, "density_hyper_", None), getattr(model, "energy_hyper_", None)
+    f = lambda v: v if np.ndim(v) == 0 else f"per-coefficient ({np.min(v):.3g}..{np.max(v):.3g})"  # noqa: E731
+    return json.dumps({"kind": "MLHK", "sigma": _jsonable(f(d.sigma)) if d else None, "lam": _jsonable(f(d.lam)) if d else None,
+                       "energy_sigma": _jsonable(e.sigma) if e else None, "energy_lam": _jsonable(e.lam) if e else None})

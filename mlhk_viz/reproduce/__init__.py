@@ -1,0 +1,1 @@
+"""The paper's tables and figures as functions (the CLI's ``mlhk-viz reproduce``)."""

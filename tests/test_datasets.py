@@ -1,0 +1,141 @@
+import json
+
+import numpy as np
+import pytest
+
+from mlhk_viz import datasets as dsm
+from mlhk_viz.datasets import Dataset, DatasetError, export_published, import_published, read_cube, write_cube
+
+
+@pytest.fixture(scope="module")
+def small(h2):
+    return h2.subset(np.arange(0, 150, 30))
+
+
+def test_shipped_h2_is_complete_and_physical(h2):
+    assert len(h2) == 150 and h2.converged.all() and h2.ordered
+    assert h2.meta["method"]["functional"] == "PBE" and h2.meta["method"]["pseudopotential"] == "gth-pbe"
+    # the minimum of the PBE curve sits near the known 0.75 Å bond length
+    r = np.linalg.norm(h2.positions[:, 1] - h2.positions[:, 0], axis=1)
+    assert 0.72 < r[np.argmin(h2.energies)] < 0.78
+    assert 0.01 < h2.truncation_error.mean() < 0.03
+
+
+def test_coefficients_reproduce_float32_precision(h2):
+    u = h2.coefficients()
+    fresh = h2.compute_coefficients([0, 75, 149])
+    np.testing.assert_allclose(u[[0, 75, 149]], fresh, rtol=0, atol=1e-6 * np.abs(fresh).max())
+    np.testing.assert_allclose(h2.basis.electron_count(u), 2.0, atol=1e-5)
+
+
+def test_stale_or_corrupt_cache_is_rebuilt(tmp_path, small, monkeypatch):
+    monkeypatch.setenv("MLHK_VIZ_CACHE", str(tmp_path / "cache"))
+    path = small.save(tmp_path / "s.npz")
+    first = Dataset.load(path).coefficients()
+    (npy,) = (tmp_path / "cache").glob("*.npy")
+    arr = np.load(npy)
+    arr[0, 0] = 123.0
+    np.save(npy, arr)  # corrupt: the array hash no longer matches
+    calls = []
+    ds = Dataset.load(path)
+    orig = ds.compute_coefficients
+    monkeypatch.setattr(ds, "compute_coefficients", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    again = ds.coefficients()
+    assert calls, "a corrupt cache must be rebuilt"
+    np.testing.assert_array_equal(again, first)
+    # a changed source file gets its own cache (keyed by the source hash)
+    small.energies = small.energies + 0.0
+    small.meta["description"] = "changed"
+    small.save(tmp_path / "s.npz")
+    ds2 = Dataset.load(tmp_path / "s.npz")
+    ds2.coefficients()
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_native_round_trip(tmp_path, small):
+    path = small.save(tmp_path / "a.npz")
+    back = Dataset.load(path)
+    for k in ("numbers", "positions", "energies", "converged", "truncation_error", "mo_coeff", "mo_occ"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(small, k))
+    assert back.meta["method"] == small.meta["method"]
+
+
+def test_published_round_trip(tmp_path, small):
+    folder = export_published(small, tmp_path / "pub")
+    back = import_published(folder, name="H2")
+    np.testing.assert_array_equal(back.positions, small.positions)
+    np.testing.assert_allclose(back.energies, small.energies, rtol=1e-15)
+    u, ub = small.coefficients(), back.coefficients()
+    k, kind = small.basis.frequencies()
+    nyq = (k == 25) & (kind == 0)
+    keep = ~(nyq[:, None, None] | nyq[None, :, None] | nyq[None, None, :]).ravel()
+    # the import normalises to the exact electron count; float32 orbitals hold it to ~1e-7
+    np.testing.assert_allclose(ub[:, keep], u[:, keep], rtol=0, atol=1e-6 * np.abs(u).max())
+    np.testing.assert_allclose(back.basis.electron_count(ub), 2.0, rtol=1e-12)
+    # energy-only folders load too
+    (folder / "dft_densities.npy").unlink()
+    e_only = import_published(folder)
+    assert e_only.density_store == "none" and not e_only.has_densities
+    with pytest.raises(DatasetError, match="no densities"):
+        e_only.coefficients()
+
+
+def test_cube_round_trip(tmp_path, small):
+    b = small.basis
+    ax = b.grid_axis(40)
+    rho = b.to_grid(small.coefficients()[2], 40)
+    write_cube(tmp_path / "d.cube", rho, (ax, ax, ax), small.numbers, small.positions[2])
+    data, axes, atoms = read_cube(tmp_path / "d.cube")
+    np.testing.assert_allclose(data, rho, rtol=1e-4, atol=1e-10)
+    for a, r in zip(axes, (ax, ax, ax)):
+        np.testing.assert_allclose(a, r, atol=1e-5)
+    np.testing.assert_allclose(atoms.positions, small.positions[2], atol=1e-5)
+
+
+def _rewrite(src, dst, edit):
+    arrays, meta = dsm.load_npz(src)
+    edit(arrays, meta)
+    dsm.save_npz(dst, arrays, meta)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a, m: m.update(version=99), "version 99 is not supported"),
+        (lambda a, m: a.update(positions=a["positions"][:, :1]), "'positions' must be float"),
+        (lambda a, m: a["energies"].__setitem__(3, np.nan), r"'energies' has non-finite values .* molecule\(s\) \[3\]"),
+        (lambda a, m: a.pop("mo_coeff"), "missing array 'mo_coeff'"),
+        (lambda a, m: a.update(converged=a["converged"].astype(int)), "'converged' must be a bool array"),
+        (lambda a, m: m.update(density_store="zip"), "density_store is 'zip'"),
+        (lambda a, m: m.update(format="other"), "format is 'other'"),
+    ],
+)
+def test_loader_rejects_bad_files(tmp_path, small, edit, message):
+    src = small.save(tmp_path / "good.npz")
+    bad = _rewrite(src, tmp_path / "bad.npz", edit)
+    with pytest.raises(DatasetError, match=message) as exc:
+        Dataset.load(bad)
+    assert "bad.npz" in str(exc.value)
+
+
+def test_loader_rejects_truncated_and_missing(tmp_path, small):
+    src = small.save(tmp_path / "good.npz")
+    raw = src.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError, match="truncated or corrupt"):
+        Dataset.load(tmp_path / "cut.npz")
+    with pytest.raises(DatasetError, match="no such file"):
+        Dataset.load(tmp_path / "nope.npz")
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, small):
+    path = small.save(tmp_path / "keep.npz")
+    before = path.read_bytes()
+    broken = small.subset(np.arange(len(small)))
+    broken.energies = broken.energies.copy()
+    broken.energies[0] = np.nan
+    with pytest.raises(DatasetError):
+        broken.save(path)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".keep.npz.*"))
