@@ -101,12 +101,16 @@ def _check_numbers(numbers, n_atoms: int) -> np.ndarray:
 
 def _check_axes(axes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not isinstance(axes, (tuple, list)) or len(axes) != 3:
-        raise ValueError("axes must be a tuple of three 1D arrays (x, y, z grid coordinates in Å), e.g. from grid_axes")
+        raise ValueError(
+            "axes must be a tuple of three 1D arrays (x, y, z grid coordinates in Å), e.g. from grid_axes"
+        )
     out = []
-    for d, ax in zip("xyz", axes):
+    for i, ax in enumerate(axes):
         a = np.asarray(ax, dtype=np.float64)
-        if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
-            raise ValueError(f"axes[{'xyz'.index(d)}] ({d}) must be a non-empty finite 1D array in Å, got shape {a.shape}")
+        if a.ndim != 1 or a.size == 0:
+            raise ValueError(f"axes[{i}] ({'xyz'[i]}) must be a non-empty 1D array in Å, got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"axes[{i}] ({'xyz'[i]}) must be finite, got {a[~np.isfinite(a)][0]}")
         out.append(a)
     return tuple(out)
 
@@ -174,7 +178,8 @@ def potential_on_grid(positions, numbers, gamma: float, axes) -> np.ndarray:
 
     Every grid point and every atom is evaluated with the full 3D squared distance (no
     factorisation), so this is an independent reference for :func:`sq_distances`, and the way
-    to look at one molecule's descriptor. Memory is ``n_molecules * nx * ny * nz`` float64.
+    to look at one molecule's descriptor. Memory is the ``n_molecules * nx * ny * nz`` float64
+    result plus a reused temporary of about 256 MiB (at least one molecule's atoms x grid).
 
     Parameters
     ----------
@@ -195,16 +200,18 @@ def potential_on_grid(positions, numbers, gamma: float, axes) -> np.ndarray:
     shape = (len(x), len(y), len(w))
     n_points = math.prod(shape)
     out = np.empty((n, n_points))
-    # the (block, atoms, grid) exponent array is the big temporary; bound it
-    block = max(1, 4 * _BLOCK_BYTES // (8 * n_atoms * n_points))
-    c = 1.0 / (2.0 * gamma * gamma)
+    # the (block, atoms, grid) exponent array is the big temporary: bound it and reuse it
+    block = min(n, max(1, 4 * _BLOCK_BYTES // (8 * n_atoms * n_points)))
+    work = np.empty((block, n_atoms, *shape))
+    c = -1.0 / (2.0 * gamma * gamma)
     for i0 in range(0, n, block):
         p = pos[i0 : i0 + block]  # (b, A, 3)
-        dx = (x[None, None, :] - p[:, :, 0, None]) ** 2
-        dy = (y[None, None, :] - p[:, :, 1, None]) ** 2
-        dz = (w[None, None, :] - p[:, :, 2, None]) ** 2
-        r2 = dx[:, :, :, None, None] + dy[:, :, None, :, None] + dz[:, :, None, None, :]
-        g = np.exp(np.multiply(r2, -c, out=r2), out=r2).reshape(len(p), n_atoms, n_points)
+        r2 = work[: len(p)]
+        ex = c * (x[None, None, :] - p[:, :, 0, None]) ** 2
+        ey = c * (y[None, None, :] - p[:, :, 1, None]) ** 2
+        ez = c * (w[None, None, :] - p[:, :, 2, None]) ** 2
+        np.add((ex[:, :, :, None] + ey[:, :, None, :])[..., None], ez[:, :, None, None, :], out=r2)
+        g = np.exp(r2, out=r2).reshape(len(p), n_atoms, n_points)
         out[i0 : i0 + block] = np.matmul(z, g)  # (A,) @ (b, A, P) -> (b, P): sum_a Z_a g_a
     return out.reshape((n, *shape))
 
@@ -260,16 +267,21 @@ def _finish(gram: np.ndarray, norms_a: np.ndarray, norms_b: np.ndarray, symmetri
     return d2
 
 
-def _block_rows(n_atoms: int, n_b: int, arrays_per_block: int) -> int:
-    return max(1, _BLOCK_BYTES // (arrays_per_block * 8 * n_atoms * n_atoms * n_b))
+def _block_rows(n_a: int, n_atoms: int, n_b: int, symmetric: bool) -> int:
+    rows = max(1, _BLOCK_BYTES // (2 * 8 * n_atoms * n_atoms * n_b))
+    if symmetric:
+        # only blocks on and above the diagonal are computed: with k row blocks that is a
+        # fraction (k + 1) / 2k of the full matrix, so use at least ~8 blocks
+        rows = min(rows, max(1, -(-n_a // 8)))
+    return rows
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray | None, block: int, inner) -> np.ndarray:
     """Fill the ``(n_a, n_b)`` matrix of inner products block by block.
 
     ``inner(i0, i1, j0)`` returns the block ``[i0:i1, j0:]``. For ``b is None`` (b = a) only the
-    upper triangle of blocks is computed and then mirrored, which halves the work and makes the
-    result exactly symmetric.
+    blocks on and above the diagonal are computed and then mirrored, which nearly halves the
+    work and makes the result exactly symmetric.
     """
     n_a = len(a)
     symmetric = b is None
@@ -296,12 +308,14 @@ def sq_distances(positions_a, positions_b, numbers, gamma: float, axes, block: i
     ----------
     positions_a : ``(n_a, n_atoms, 3)``, Å.
     positions_b : ``(n_b, n_atoms, 3)``, Å, same composition; ``None`` means ``b = a`` (then the
-        result is exactly symmetric with exact zeros on the diagonal, and half the work is done).
+        result is exactly symmetric with exact zeros on the diagonal, and about half the work
+        is done).
     numbers : ``(n_atoms,)`` atomic numbers, used as charges Z.
     gamma : Gaussian width, Å.
     axes : ``(x, y, z)`` grid coordinates in Å (any rectilinear grid; normally from :func:`grid_axes`).
     block : molecules of ``a`` per block; default chooses it so one block's working set
-        (two ``(block * n_atoms, n_b * n_atoms)`` float64 arrays) is about 64 MiB.
+        (two ``(block * n_atoms, n_b * n_atoms)`` float64 arrays) is at most about 64 MiB
+        (and, for ``b = a``, so that there are at least ~8 blocks).
 
     Returns
     -------
@@ -314,7 +328,7 @@ def sq_distances(positions_a, positions_b, numbers, gamma: float, axes, block: i
     axes = _check_axes(axes)
     n_atoms = a.shape[1]
     n_b = len(a) if b is None else len(b)
-    block = _check_block(block, _block_rows(n_atoms, n_b, 2))
+    block = _check_block(block, _block_rows(len(a), n_atoms, n_b, b is None))
 
     fa = _axis_factors(a, z, gamma, axes)
     fb = fa if b is None else _axis_factors(b, z, gamma, axes)
@@ -350,7 +364,7 @@ def continuum_sq_distances(positions_a, positions_b, numbers, gamma: float, bloc
     gamma = _check_positive(gamma, "gamma")
     n_atoms = a.shape[1]
     n_b = len(a) if b is None else len(b)
-    block = _check_block(block, _block_rows(n_atoms, n_b, 2))
+    block = _check_block(block, _block_rows(len(a), n_atoms, n_b, b is None))
     c = 1.0 / (4.0 * gamma * gamma)
     scale = math.pi**1.5 * gamma**3
     zz = np.outer(z, z)
