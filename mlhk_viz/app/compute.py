@@ -1,0 +1,571 @@
+"""The numbers behind the app: the paper's protocol, computed in M-space and cached.
+
+Everything here is a plain function of small hashable knobs, memoised in the shared caches of
+:mod:`mlhk_viz.app.cache`, so Dask tasks can be submitted with nothing but keys and every browser
+session reuses what another one computed. The results equal the library's (``MLHK``/``MLKS``
+fitted by :func:`mlhk_viz.evaluation.evaluate` with the same knobs) to round-off; the tests
+check that.
+
+What the maths allows to cache, and why a knob change is cheap:
+
+* descriptor distances per (data set, gamma, Delta, training set): ``D_tr`` (M, M) and
+  ``D_all`` (n, M) from every molecule of the set to the training set;
+* one Gram pass over the coefficients per (data set, training set): the mean ``offset``,
+  ``G = Yc Yc^T`` (M, M), ``H = (U_test - offset) Yc^T`` and the per-coefficient spread --
+  the only work that touches all 125,000 coefficients of all training molecules;
+* one eigendecomposition ``K = Q diag(e) Q^T`` per sigma.
+
+With those, ML-HK needs no (M, 125000) matrix at all: the prediction for molecule x is
+``offset + b(x) Yc`` with ``b(x) = k(x) (K + lam I)^-1`` (an M-vector), distances between
+predicted densities are ``(b1 - b2) G (b1 - b2)^T`` (the basis is orthonormal), and the energy
+functional, its CV, the error decomposition and the density errors all follow from ``G`` and
+``H``. A lambda change is one (M, M) product, a sigma change one (M, M) eigendecomposition;
+only the densities shown in the 3D view touch 125,000 numbers (``b(x) Yc``, one vector).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+from ase.units import Bohr
+
+from .. import evaluation
+from ..datasets import Dataset, DatasetError
+from ..descriptor import GaussianPotential
+from ..krr import KernelRidgeModel, cv_grid
+from ..models import LAMBDAS, SIGMA_FACTORS
+from ..progress import null_progress
+from . import cache
+
+#: training sizes offered by the M slider and the learning curve
+MAX_M = 200
+CURVE_SIZES = (5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200)
+#: target number of voxels of the fine view grid, margin around the atoms (bohr)
+VIEW_VOXELS = 72**3
+VIEW_MARGIN = 4.0
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("MLHK_VIZ_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+
+
+def default_model_dir() -> Path:
+    env = os.environ.get("MLHK_VIZ_MODELS")
+    if env:
+        return Path(env)
+    from ..datasets import cache_dir
+
+    return cache_dir() / "models"
+
+
+# ------------------------------------------------------------------------------ data sets
+def file_key(path) -> tuple:
+    p = Path(path).resolve()
+    st = p.stat()
+    return (str(p), st.st_mtime_ns, st.st_size)
+
+
+_scan_cache: dict = {}
+
+
+def scan_datasets(folder) -> dict[str, str]:
+    """``{label: path}`` of every valid data set with densities in ``folder`` (``*.npz``)."""
+    out = {}
+    for p in sorted(Path(folder).glob("*.npz")):
+        try:
+            k = file_key(p)
+        except OSError:
+            continue
+        ok = _scan_cache.get(k)
+        if ok is None:
+            try:
+                ds = Dataset.load(p)
+                ok = (ds.name, len(ds), ds.has_densities)
+            except (DatasetError, OSError, ValueError, KeyError):
+                ok = False
+            _scan_cache[k] = ok
+        if ok and ok[2]:
+            out[f"{ok[0]} ({ok[1]} molecules, {p.name})"] = str(p.resolve())
+    return out
+
+
+def scan_models(*folders) -> dict[str, str]:
+    """``{label: path}`` of model files (``mlhk-viz-model`` npz) in ``folders``."""
+    from ..datasets import load_npz
+
+    out = {}
+    for folder in folders:
+        for p in sorted(Path(folder).glob("*.npz")) if Path(folder).is_dir() else []:
+            try:
+                _, meta = load_npz(p, kind="mlhk-viz-model")
+            except (DatasetError, OSError, ValueError):
+                continue
+            out[f"{p.name} ({meta.get('kind')})"] = str(p.resolve())
+    return out
+
+
+@dataclass
+class DataEntry:
+    """A loaded data set with everything the app derives from it once."""
+
+    key: tuple
+    ds: Dataset
+    U: np.ndarray  # (n, 125000) DFT coefficients
+    test: np.ndarray
+    pool: np.ndarray
+    axes: tuple  # fine view grid, bohr (box frame)
+    normal: int  # axis (0, 1, 2) normal to the molecular plane
+    x_label: str  # what the trajectory's x axis is
+    x_values: np.ndarray  # (n,) e.g. bond length (Å) or frame index
+
+    def cache_nbytes(self) -> int:
+        return int(self.U.nbytes + self.ds.positions.nbytes + 4096)
+
+    @property
+    def name(self) -> str:
+        return self.ds.name
+
+
+def n_test_for(n: int) -> int:
+    return 50 if n >= 100 else max(2, n // 4)
+
+
+def view_axes(positions_A, basis, voxels=VIEW_VOXELS, margin=VIEW_MARGIN):
+    """Fine 1D axes (bohr) around every atom of the set, clipped to the basis box."""
+    p = np.asarray(positions_A).reshape(-1, 3) / Bohr
+    half = basis.box / 2
+    lo = np.maximum(p.min(0) - margin, -half)
+    hi = np.minimum(p.max(0) + margin, half)
+    h = max(float(np.prod(hi - lo) / voxels) ** (1 / 3), 0.05)
+    return tuple(np.arange(l, u + 0.5 * h, h) for l, u in zip(lo, hi))
+
+
+def load_entry(path, progress=null_progress) -> DataEntry:
+    key = file_key(path)
+
+    def build():
+        ds = Dataset.load(path)
+        if not ds.has_densities:
+            raise DatasetError(f"{path}: no densities; the app needs them for ML-HK")
+        U = ds.coefficients(lambda d, t, s: progress(d, t, "coefficients"))
+        test, pool = evaluation.split(ds, n_test_for(int(ds.converged.sum())))
+        spread = np.ptp(ds.positions.reshape(-1, 3), axis=0)
+        normal = int(np.argmin(spread))
+        if ds.n_atoms == 2:
+            from ..geometry import bond_length
+
+            xl, xv = "bond length R (Å)", bond_length(ds.positions)
+        else:
+            xl, xv = "frame", np.arange(len(ds), dtype=float)
+        return DataEntry(key, ds, U, test, pool, view_axes(ds.positions, ds.basis), normal, xl, xv)
+
+    return cache.DATASETS.get_or_compute(key, build)
+
+
+def selection(entry: DataEntry, m: int, seed: int = 0) -> np.ndarray:
+    m = int(min(m, len(entry.pool)))
+    return cache.SELECTIONS.get_or_compute(
+        (entry.key, m, seed), lambda: evaluation.select_training(entry.ds, entry.pool, m, seed))
+
+
+# ------------------------------------------------------------------------------ distances
+def median_distance(D: np.ndarray) -> float:
+    """As the library's CV grids use it: sqrt of the median off-diagonal squared distance."""
+    off = D[~np.eye(len(D), dtype=bool)]
+    med = float(np.sqrt(np.median(off))) if off.size else 1.0
+    return med if med > 0 else 1.0
+
+
+@dataclass
+class Distances:
+    key: tuple
+    axes: tuple  # descriptor grid axes, Å (from the training set, as MLHK.fit builds them)
+    D_tr: np.ndarray  # (M, M)
+    D_all: np.ndarray  # (n, M)
+    median: float
+
+
+def distances(entry: DataEntry, train: np.ndarray, gamma: float, spacing: float) -> Distances:
+    key = ("dist", entry.key, float(gamma), float(spacing), train.tobytes())
+
+    def build():
+        pot = GaussianPotential(float(gamma), float(spacing))
+        pos_tr = entry.ds.positions[train]
+        axes = pot.axes(pos_tr)
+        D_tr = pot.sq_distances(pos_tr, None, entry.ds.numbers, axes)
+        D_all = pot.sq_distances(entry.ds.positions, pos_tr, entry.ds.numbers, axes)
+        return Distances(key, axes, D_tr, D_all, median_distance(D_tr))
+
+    return cache.DISTANCES.get_or_compute(key, build)
+
+
+# ------------------------------------------------------------------------------ coefficient Grams
+@dataclass
+class Grams:
+    key: tuple
+    offset: np.ndarray  # (L,) mean training coefficients
+    G: np.ndarray  # (M, M) Yc Yc^T
+    H: np.ndarray  # (n_test, M) (U_test - offset) Yc^T
+    nt: np.ndarray  # (n_test,) ||U_test - offset||^2
+    s2: np.ndarray  # (L,) mean square of Yc per coefficient (the spread of the training densities)
+    T: np.ndarray  # (M, r) with T T^T = G, for shared CV
+
+
+def _gram_factor(S):
+    w, V = scipy.linalg.eigh(0.5 * (S + S.T), check_finite=False, driver="evd")
+    keep = w > 0
+    return V[:, keep] * np.sqrt(w[keep])
+
+
+def grams(entry: DataEntry, train: np.ndarray, progress=null_progress) -> Grams:
+    key = ("gram", entry.key, train.tobytes())
+
+    def build():
+        U, test = entry.U, entry.test
+        M, L = len(train), U.shape[1]
+        offset = U[:, :0].sum(1)  # placeholder for shape checks
+        offset = np.zeros(L)
+        G = np.zeros((M, M))
+        H = np.zeros((len(test), M))
+        nt = np.zeros(len(test))
+        s2 = np.empty(L)
+        step = 8192
+        for k, s in enumerate(range(0, L, step)):
+            blk = slice(s, min(L, s + step))
+            Y = U[train, blk]
+            off = Y.mean(axis=0)
+            Y -= off
+            Tb = U[test, blk] - off
+            G += Y @ Y.T
+            H += Tb @ Y.T
+            nt += np.einsum("ij,ij->i", Tb, Tb)
+            s2[blk] = np.einsum("ij,ij->j", Y, Y) / M
+            offset[blk] = off
+            progress(k + 1, math.ceil(L / step), "coefficient Gram")
+        G = 0.5 * (G + G.T)
+        return Grams(key, offset, G, H, nt, s2, _gram_factor(G))
+
+    return cache.GRAMS.get_or_compute(key, build)
+
+
+# ------------------------------------------------------------------------------ kernels
+@dataclass
+class Eigen:
+    sigma: float
+    e: np.ndarray  # (M,)
+    Q: np.ndarray  # (M, M)
+    K: np.ndarray  # (M, M)
+    Kx: np.ndarray  # (n, M) kernel from every molecule to the training set
+
+
+def gauss(D, sigma):
+    return np.exp(D * (-0.5 / (sigma * sigma)))
+
+
+def eigen(dist: Distances, sigma: float) -> Eigen:
+    key = ("eig", dist.key, float(sigma))
+
+    def build():
+        K = gauss(dist.D_tr, sigma)
+        e, Q = scipy.linalg.eigh(K, check_finite=False, driver="evd")
+        np.maximum(e, 0.0, out=e)
+        return Eigen(float(sigma), e, np.ascontiguousarray(Q), K, gauss(dist.D_all, sigma))
+
+    return cache.EIGEN.get_or_compute(key, build)
+
+
+@dataclass(frozen=True)
+class FitKnobs:
+    """Everything a fit depends on. Sigmas are factors of the median training distance; None = CV."""
+
+    dataset: str
+    m: int = 10
+    gamma: float = 0.2
+    spacing: float = 0.08
+    hk_sigma: float | None = None
+    hk_lam: float | None = None
+    ks_sigma: float | None = None
+    ks_lam: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class Choice:
+    """Hyperparameters in use: ``sigma`` absolute (descriptor-distance units), ``factor`` = sigma / median."""
+
+    sigma: float
+    lam: float
+    factor: float
+    by_cv: tuple  # (sigma by CV?, lambda by CV?)
+    cv_errors: np.ndarray | None = None  # (n_sigma, n_lam) LOO errors when CV ran
+    cv_sigmas: np.ndarray | None = None
+    cv_lams: np.ndarray | None = None
+
+
+def _choose(D, Y, med, factor, lam, progress, stage, center=True) -> Choice:
+    if factor is not None and lam is not None:
+        return Choice(float(factor) * med, float(lam), float(factor), (False, False))
+    sigmas = np.array([float(factor) * med]) if factor is not None else np.asarray(SIGMA_FACTORS) * med
+    lams = np.array([float(lam)]) if lam is not None else np.asarray(LAMBDAS, float)
+    res = cv_grid(D, Y, sigmas, lams, cv="loo", center=center, progress=lambda d, t, s: progress(d, t, stage))
+    return Choice(float(res.best_sigma), float(res.best_lam), float(res.best_sigma) / med,
+                  (factor is None, lam is None), res.errors, res.sigmas, res.lams)
+
+
+def density_choice(k: FitKnobs, progress=null_progress) -> Choice:
+    entry = load_entry(k.dataset)
+    train = selection(entry, k.m, k.seed)
+    dist = distances(entry, train, k.gamma, k.spacing)
+    gr = grams(entry, train, progress)
+    key = ("hk-choice", dist.key, train.tobytes(), k.hk_sigma, k.hk_lam)
+    # CV on the Gram factor T (T T^T = Yc Yc^T) with center=False: the same LOO errors as CV on
+    # the (M, 125000) coefficients, at O(M^3) per grid point
+    return cache.MODELS.get_or_compute(
+        key, lambda: _choose(dist.D_tr, gr.T, dist.median, k.hk_sigma, k.hk_lam, progress, "density CV", center=False))
+
+
+@dataclass
+class DensityModel:
+    """The ML-HK density model in M-space: prediction for molecule i is ``offset + b[i] @ Yc``."""
+
+    choice: Choice
+    train: np.ndarray
+    b: np.ndarray  # (n, M) weights of the centred training coefficients, every molecule of the set
+    B: np.ndarray  # (M, M) the same for the training molecules themselves, K (K + lam I)^-1
+    var: np.ndarray  # (n,) GP posterior variance (prior units)
+
+
+def density_model(k: FitKnobs, progress=null_progress) -> DensityModel:
+    choice = density_choice(k, progress)
+    entry = load_entry(k.dataset)
+    train = selection(entry, k.m, k.seed)
+    dist = distances(entry, train, k.gamma, k.spacing)
+    key = ("hk-model", dist.key, choice.sigma, choice.lam)
+
+    def build():
+        progress(0, 1, "kernel")
+        eg = eigen(dist, choice.sigma)
+        progress(1, 1, "kernel")
+        progress(0, 1, "solve")
+        inv = 1.0 / (eg.e + choice.lam)
+        B = (eg.Q * (eg.e * inv)) @ eg.Q.T  # K (K + lam I)^-1
+        KxQ = eg.Kx @ eg.Q
+        var = np.maximum(1.0 - (KxQ * KxQ) @ inv, 0.0)
+        # k(x) Q diag(1/(e + lam)) Q^T in this order: the components of k(x) along the
+        # small-eigenvalue directions are small too, so nothing of size 1/lam is ever formed
+        b = (KxQ * inv) @ eg.Q.T
+        progress(1, 1, "solve")
+        return DensityModel(choice, train, b, 0.5 * (B + B.T), var)
+
+    return cache.MODELS.get_or_compute(key, build)
+
+
+def predicted_coefficients(k: FitKnobs, i: int) -> np.ndarray:
+    """ML-HK coefficients of molecule ``i``: ``(125000,)`` = offset + b Yc, touching M rows of U."""
+    entry = load_entry(k.dataset)
+    dm = density_model(k)
+    gr = grams(entry, dm.train)
+    w = dm.b[i]
+    full = np.zeros(len(entry.U))
+    full[dm.train] = w
+    return full @ entry.U + (1.0 - w.sum()) * gr.offset
+
+
+# ------------------------------------------------------------------------------ energies
+def _sqd(self_a, self_b, cross):
+    d = self_a[:, None] + self_b[None, :] - 2.0 * cross
+    return np.maximum(d, 0.0, out=d)
+
+
+@dataclass
+class FitResult:
+    """Both models on the current knobs: what the plots show. Energies in Hartree, errors kcal/mol."""
+
+    knobs: FitKnobs
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    hk: Choice
+    energy: Choice
+    ks: Choice
+    E_dft: np.ndarray  # (n,)
+    E_hk: np.ndarray  # (n,) E^ML[n^ML] for every molecule of the set
+    E_ks: np.ndarray  # (n,)
+    E_hk_at_dft: np.ndarray  # (n_test,) E^ML[n^DFT]
+    density_l2: np.ndarray  # (n_test,) ||n^ML - n^DFT||_2
+    var: np.ndarray  # (n,) GP variance of the density model
+    x_label: str = ""
+    x_values: np.ndarray | None = None
+    ordered: bool = False
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> dict:
+        t, kc = self.test, evaluation.KCAL_PER_HARTREE
+        return {
+            "mlks_dE": (self.E_ks[t] - self.E_dft[t]) * kc,
+            "mlhk_dE": (self.E_hk[t] - self.E_dft[t]) * kc,
+            "mlhk_dED": (self.E_hk[t] - self.E_hk_at_dft) * kc,
+            "mlhk_dEF": (self.E_hk_at_dft - self.E_dft[t]) * kc,
+        }
+
+    def summary(self) -> dict:
+        return {k: (float(np.mean(np.abs(v))), float(np.max(np.abs(v)))) for k, v in self.errors.items()}
+
+
+def fit(k: FitKnobs, progress=null_progress) -> FitResult:
+    """Both models for the knobs, all through the caches. Same numbers as ``evaluation.evaluate``."""
+    t0 = time.perf_counter()
+    entry = load_entry(k.dataset, progress)
+    progress(0, 1, "selection")
+    train = selection(entry, k.m, k.seed)
+    progress(1, 1, "selection")
+    progress(0, 1, "descriptor")
+    dist = distances(entry, train, k.gamma, k.spacing)
+    progress(1, 1, "descriptor")
+    t1 = time.perf_counter()
+    dm = density_model(k, progress)
+    t2 = time.perf_counter()
+    key = ("fit", k, dm.choice.sigma, dm.choice.lam)
+    res = cache.MODELS.get(key)
+    if res is not None:
+        return res
+    progress(0, 1, "predict")
+    gr = grams(entry, train)
+    E = entry.ds.energies
+    y = E[train]
+    # ML-HK energy functional on the model's own training densities (Eq. 13), all via G
+    BG = dm.B @ gr.G
+    Gff = BG @ dm.B.T
+    dff = np.diag(Gff).copy()
+    DF = _sqd(dff, dff, Gff)
+    DF = 0.5 * (DF + DF.T)
+    energy = _choose(DF, y[:, None], median_distance(DF), None, None, progress, "energy CV")
+    em = KernelRidgeModel().fit(DF, y[:, None], energy.sigma, energy.lam)
+    bG = dm.b @ gr.G  # (n, M)
+    self_x = np.einsum("ij,ij->i", bG, dm.b)
+    E_hk = em.predict(_sqd(self_x, dff, bG @ dm.B.T))[:, 0]
+    HB = gr.H @ dm.B.T
+    E_hk_dft = em.predict(_sqd(gr.nt, dff, HB))[:, 0]
+    bt = dm.b[entry.test]
+    l2 = np.sqrt(np.maximum(self_x[entry.test] - 2 * np.einsum("ij,ij->i", bt, gr.H) + gr.nt, 0.0))
+    # ML-KS, straight from the potential
+    ks = _choose(dist.D_tr, y, dist.median, k.ks_sigma, k.ks_lam, progress, "energy CV (ML-KS)")
+    km = KernelRidgeModel().fit(dist.D_tr, y[:, None], ks.sigma, ks.lam)
+    E_ks = km.predict(dist.D_all)[:, 0]
+    progress(1, 1, "predict")
+    t3 = time.perf_counter()
+    res = FitResult(k, entry.name, train, entry.test, dm.choice, energy, ks, E.copy(), E_hk, E_ks, E_hk_dft, l2,
+                    dm.var, entry.x_label, entry.x_values, entry.ds.ordered,
+                    {"descriptor": t1 - t0, "density model": t2 - t1, "energies": t3 - t2})
+    return cache.MODELS.put(key, res)
+
+
+# ------------------------------------------------------------------------------ view grids
+def _separable(coeffs, axes, basis, square=False):
+    """Like ``basis.evaluate`` but optionally with squared axis functions (for variances)."""
+    f = [basis.axis_functions(a) for a in axes]
+    if square:
+        f = [g * g for g in f]
+    c = np.asarray(coeffs, float).reshape(basis.n, basis.n, basis.n)
+    out = np.einsum("abc,zc->abz", c, f[2], optimize=True)
+    out = np.einsum("abz,yb->ayz", out, f[1], optimize=True)
+    return np.einsum("ayz,xa->xyz", out, f[0], optimize=True)
+
+
+def dft_grid(entry: DataEntry, i: int) -> np.ndarray:
+    return cache.GRIDS.get_or_compute(
+        ("dft", entry.key, int(i)), lambda: entry.ds.basis.evaluate(entry.U[int(i)], *entry.axes).astype(np.float32))
+
+
+def spread_grid(entry: DataEntry, train: np.ndarray) -> np.ndarray:
+    """sqrt(sum_l s_l^2 phi_l(r)^2): the pointwise prior standard deviation of the density model."""
+    gr = grams(entry, train)
+    return cache.GRIDS.get_or_compute(
+        ("spread", gr.key),
+        lambda: np.sqrt(np.maximum(_separable(gr.s2, entry.axes, entry.ds.basis, square=True), 0)).astype(np.float32))
+
+
+@dataclass
+class Molecule:
+    """One molecule's densities on the fine view grid (e/bohr³, float32) and its atoms (bohr)."""
+
+    index: int
+    axes: tuple
+    numbers: np.ndarray
+    atoms_bohr: np.ndarray
+    pred: np.ndarray
+    dft: np.ndarray
+    diff: np.ndarray
+    std: np.ndarray  # GP predictive standard deviation field
+    var: float
+    electrons_pred: float
+    electrons_dft: float
+    l2: float
+    normal: int
+
+
+def molecule(k: FitKnobs, i: int, progress=null_progress) -> Molecule:
+    entry = load_entry(k.dataset)
+    key = ("mol", k, int(i))
+    got = cache.GRIDS.get(key)
+    if got is not None:
+        return got
+    dm = density_model(k, progress)
+    progress(0, 1, "predict")
+    c = predicted_coefficients(k, i)
+    pred = entry.ds.basis.evaluate(c, *entry.axes).astype(np.float32)
+    dft = dft_grid(entry, i)
+    std = (np.sqrt(dm.var[i]) * spread_grid(entry, dm.train)).astype(np.float32)
+    b = entry.ds.basis
+    out = Molecule(int(i), entry.axes, entry.ds.numbers, entry.ds.positions[i] / Bohr, pred, dft, pred - dft, std,
+                   float(dm.var[i]), float(b.electron_count(c)), float(b.electron_count(entry.U[i])),
+                   float(np.linalg.norm(c - entry.U[i])), entry.normal)
+    progress(1, 1, "predict")
+    return cache.GRIDS.put(key, out)
+
+
+# ------------------------------------------------------------------------------ learning curve
+def curve_point(dataset: str, m: int, gamma: float, spacing: float, progress=null_progress) -> dict:
+    """MAE (kcal/mol) of ML-HK, ML-KS and dE_D at training size m, all hyperparameters by CV."""
+    key = ("curve", file_key(dataset), int(m), float(gamma), float(spacing))
+
+    def build():
+        r = fit(FitKnobs(dataset, int(m), gamma, spacing), progress)
+        s = r.summary()
+        return {"M": int(m), "mlhk_dE": s["mlhk_dE"][0], "mlks_dE": s["mlks_dE"][0], "mlhk_dED": s["mlhk_dED"][0]}
+
+    return cache.CURVES.get_or_compute(key, build)
+
+
+def curve_sizes(entry: DataEntry) -> list[int]:
+    return [m for m in CURVE_SIZES if m <= min(MAX_M, len(entry.pool))]
+
+
+# ------------------------------------------------------------------------------ library models
+def library_model(k: FitKnobs, kind: str, progress=null_progress):
+    """A real ``MLHK``/``MLKS`` fitted by the library with the hyperparameters the app uses.
+
+    Sigmas and lambdas are passed explicitly (the values CV picked, if auto), so the model file
+    reproduces exactly what the app shows.
+    """
+    from ..models import MLHK, MLKS
+
+    r = fit(k, progress)
+    entry = load_entry(k.dataset)
+    pos, E = entry.ds.positions[r.train], entry.ds.energies[r.train]
+    progress(0, 1, "library fit")
+    if kind == "ML-KS":
+        model = MLKS(k.gamma, k.spacing, sigma=r.ks.sigma, lam=r.ks.lam).fit(pos, E, numbers=entry.ds.numbers)
+    else:
+        model = MLHK(k.gamma, k.spacing, sigma=r.hk.sigma, lam=r.hk.lam, energy_sigma=r.energy.sigma,
+                     energy_lam=r.energy.lam).fit(pos, E, entry.U[r.train], numbers=entry.ds.numbers)
+    progress(1, 1, "library fit")
+    return model
