@@ -27,8 +27,8 @@ from .krr import KernelRidgeModel, cv_grid, kfold_indices
 from .progress import Progress, null_progress
 
 #: default CV grids: sigma as multiples of the median training distance, lambda absolute
-SIGMA_FACTORS = np.logspace(-1.5, 1.5, 21)
-LAMBDAS = np.logspace(-14, -1, 14)
+SIGMA_FACTORS = tuple(np.logspace(-1.5, 1.5, 21).round(6))
+LAMBDAS = tuple(10.0 ** np.arange(-14, 0))
 
 MODEL_FORMAT = "mlhk-viz-model"
 MODEL_VERSION = 1
@@ -126,9 +126,14 @@ class _Base(BaseEstimator, RegressorMixin):
     def _check_X(self, X):
         if not hasattr(self, "X_fit_"):
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit first")
-        pos, _ = molecules(X, self.numbers_ if not (isinstance(X, (list, tuple)) and X and hasattr(X[0], "numbers")) else None)
-        if pos.shape[1] != len(self.numbers_):
-            raise ValueError(f"X has {pos.shape[1]} atoms per molecule, the model was fitted on {len(self.numbers_)}")
+        is_atoms = isinstance(X, (list, tuple)) and X and hasattr(X[0], "numbers")
+        if not is_atoms:
+            n_atoms = as_positions(X, "X").shape[1]
+            if n_atoms != len(self.numbers_):
+                raise ValueError(f"X has {n_atoms} atoms per molecule, the model was fitted on {len(self.numbers_)}")
+        pos, nums = molecules(X, None if is_atoms else self.numbers_)
+        if not np.array_equal(nums, self.numbers_):
+            raise ValueError(f"X holds atoms {nums.tolist()}, the model was fitted on {self.numbers_.tolist()}")
         return self._align(pos)
 
     def descriptor_distances(self, X) -> np.ndarray:
@@ -172,7 +177,8 @@ class MLKS(_Base):
 
     def predict(self, X) -> np.ndarray:
         """Energies ``(n,)`` Hartree."""
-        return self.model_.predict(self.descriptor_distances(X))[:, 0]
+        D = self.descriptor_distances(X)
+        return self.model_.predict(D)[:, 0]
 
 
 class MLHK(_Base):
@@ -233,7 +239,8 @@ class MLHK(_Base):
     # -- prediction ---------------------------------------------------------------
     def predict_coefficients(self, X) -> np.ndarray:
         """Predicted density coefficients ``(n, basis.size)``."""
-        return self.density_model_.predict(self.descriptor_distances(X))
+        D = self.descriptor_distances(X)
+        return self.density_model_.predict(D)
 
     def energy_of(self, coefficients) -> np.ndarray:
         """The learned functional E^ML[n] for densities given by ``coefficients`` ``(n, size)``: ``(n,)`` Hartree."""
@@ -281,8 +288,8 @@ class MLHK(_Base):
 
 # -- model files -----------------------------------------------------------------------------
 def _jsonable(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
+    if isinstance(v, (np.ndarray, tuple)):
+        return np.asarray(v).tolist()
     if isinstance(v, FourierBasis):
         return {"box": v.box, "n": v.n}
     if isinstance(v, (np.floating, np.integer)):
@@ -301,7 +308,10 @@ def save_model(model, path) -> Path:
               "axes_z": model.axes_[2]}
     if model.reference_ is not None:
         arrays["reference"] = model.reference_
-    parts = {"MLKS": {"energy": model.model_}}.get(kind) or {"density": model.density_model_, "energy": model.energy_model_}
+    if kind == "MLKS":
+        parts = {"energy": model.model_}
+    else:
+        parts = {"density": model.density_model_, "energy": model.energy_model_}
     for prefix, km in parts.items():
         for k, v in km.to_arrays().items():
             arrays[f"{prefix}/{k}"] = v
@@ -326,7 +336,7 @@ def load_model(path):
         raise DatasetError(f"{path}: unknown model kind {kind!r}")
     params = dict(meta["params"])
     for k in ("sigma_factors", "lams"):
-        params[k] = np.asarray(params[k], float)
+        params[k] = tuple(params[k])
     if "basis" in params:
         params["basis"] = FourierBasis(**params["basis"])
     model = (MLHK if kind == "MLHK" else MLKS)(reference=arrays.get("reference"), **params)
