@@ -115,6 +115,8 @@ class Job:
                     self.dispatch(lambda: is_current(session, name, gen) and on_error(exc))
                 return
             result = fut.result()
+            if isinstance(result, str) and result == STALE:
+                return
             self.dispatch(lambda: is_current(session, name, gen) and on_done(result))
 
         self.future.add_done_callback(done)
@@ -142,7 +144,18 @@ def listen(session: str, fn: Callable[[str, int, int, str], None] | None) -> Non
         _listeners[session] = fn
 
 
+#: returned by a task that stopped because it went stale (not raised: Dask would log a traceback)
+STALE = "<stale>"
+
+
 def _run(fn, session, name, gen, args):
+    try:
+        return _run_checked(fn, session, name, gen, args)
+    except Stale:
+        return STALE
+
+
+def _run_checked(fn, session, name, gen, args):
     check(session, name, gen)
     last = [0.0]
 

@@ -1,0 +1,204 @@
+"""3D meshes for the view: marching cubes with VTK (``pyvista.ImageData.contour``) and a
+``pn.pane.VTK`` subclass that serialises cell arrays with numpy instead of a Python loop.
+
+Why this way (docs/app.md has the measurements): scikit-image is not installed and plotly is
+not a dependency of the project, while VTK/pyvista and Panel's bundled vtk.js are; the VTK pane
+keeps its camera across updates and syncs it back to Python. Panel's serializer converts every
+64-bit cell array element by element in Python (about 2 µs per index, 0.1-0.3 s per update for
+the meshes here); :class:`MeshVTK` does the same conversion with numpy.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+import numpy as np  # noqa: E402
+
+ELEMENT_COLOURS = {1: (0.92, 0.92, 0.92), 6: (0.35, 0.35, 0.35), 7: (0.2, 0.3, 0.95), 8: (0.9, 0.1, 0.1)}
+ELEMENT_RADII = {1: 0.35, 6: 0.55, 7: 0.55, 8: 0.55}  # bohr, for drawing only
+COLOURS = {"pred": "#f4a340", "dft": "#4a90d9", "plus": "#d62728", "minus": "#1f5fbf"}
+
+
+def image(field: np.ndarray, axes) -> "pyvista.ImageData":  # noqa: F821
+    import pyvista as pv
+
+    ax = [np.asarray(a, float) for a in axes]
+    img = pv.ImageData(dimensions=field.shape, spacing=tuple(a[1] - a[0] for a in ax), origin=tuple(a[0] for a in ax))
+    img.point_data["f"] = np.asarray(field, np.float32).ravel(order="F")
+    return img
+
+
+def contour(field, axes, level, extra: dict | None = None):
+    """Iso-surface ``field == level`` as a triangle PolyData (maybe empty), with ``extra`` fields sampled on it."""
+    img = image(field, axes)
+    for k, v in (extra or {}).items():
+        img.point_data[k] = np.asarray(v, np.float32).ravel(order="F")
+    lo, hi = float(np.min(field)), float(np.max(field))
+    if not lo < level < hi:
+        return None
+    mesh = img.contour([float(level)], scalars="f", method="flying_edges")
+    if mesh.n_points == 0:
+        return None
+    return mesh
+
+
+def atoms_mesh(numbers, positions_bohr):
+    """Spheres and bonds as one PolyData with RGB point colours."""
+    import pyvista as pv
+
+    parts = []
+    for z, p in zip(numbers, positions_bohr):
+        s = pv.Sphere(radius=ELEMENT_RADII.get(int(z), 0.5), center=p, theta_resolution=16, phi_resolution=12)
+        s.point_data["rgb"] = np.tile(np.array(ELEMENT_COLOURS.get(int(z), (0.6, 0.2, 0.8))) * 255, (s.n_points, 1)).astype(np.uint8)
+        parts.append(s)
+    n = len(numbers)
+    for a in range(n):
+        for b in range(a + 1, n):
+            d = np.linalg.norm(positions_bohr[a] - positions_bohr[b])
+            if d < 3.6:  # bohr (about 1.9 Å)
+                c = pv.Cylinder(center=(positions_bohr[a] + positions_bohr[b]) / 2, direction=positions_bohr[b] - positions_bohr[a],
+                                radius=0.12, height=d, resolution=12)
+                c.point_data["rgb"] = np.full((c.n_points, 3), 170, np.uint8)
+                parts.append(c)
+    out = parts[0].merge(parts[1:]) if len(parts) > 1 else parts[0]
+    return out.triangulate()
+
+
+def shifted(mesh, offset):
+    if mesh is None:
+        return None
+    m = mesh.copy()
+    m.points = m.points + np.asarray(offset, np.float32)
+    return m
+
+
+def build_meshes(mol, iso: float, diff_iso: float, show, layout: str, uncertainty: bool) -> dict:
+    """Named meshes for the 3D view of a :class:`~mlhk_viz.app.compute.Molecule`.
+
+    ``show`` is a subset of {"predicted", "DFT", "difference"}; "side by side" puts DFT and the
+    difference next to the prediction (shifted along the molecular plane's shorter axis), so one
+    camera serves all three; "overlay" draws them at the same place. The predicted surface is
+    coloured by the model's predictive standard deviation when ``uncertainty`` is on.
+    """
+    axes = mol.axes
+    ext = np.array([a[-1] - a[0] for a in axes])
+    inplane = [d for d in range(3) if d != mol.normal]
+    side = min(inplane, key=lambda d: ext[d])
+    step = np.zeros(3)
+    step[side] = ext[side] * 0.85 if layout == "side by side" else 0.0
+    out: dict = {}
+    slot = 0
+    atoms = atoms_mesh(mol.numbers, mol.atoms_bohr)
+    if "predicted" in show:
+        extra = {"std": mol.std} if uncertainty else None
+        out["pred"] = contour(mol.pred, axes, iso, extra)
+        out["atoms0"] = atoms
+        slot += 1
+    if "DFT" in show:
+        off = step * slot
+        out["dft"] = shifted(contour(mol.dft, axes, iso), off)
+        if slot and layout == "side by side":
+            out[f"atoms{slot}"] = shifted(atoms, off)
+        elif not slot:
+            out["atoms0"] = atoms
+        slot += 1 if layout == "side by side" else 0
+    if "difference" in show:
+        off = step * slot
+        out["plus"] = shifted(contour(mol.diff, axes, diff_iso), off)
+        out["minus"] = shifted(contour(mol.diff, axes, -diff_iso), off)
+        if layout == "side by side" and slot:
+            out[f"atoms{slot}"] = shifted(atoms, off)
+        elif "atoms0" not in out:
+            out["atoms0"] = atoms
+    return out
+
+
+# ------------------------------------------------------------------------------ the pane
+def _fast_cached_array(self, pMd5, binary=False, compression=False):
+    from panel.pane.vtk import synchronizable_serializer as rws
+    from vtk.util import numpy_support
+
+    cache_obj = self.dataArrayCache[pMd5]
+    array = cache_obj["array"]
+    if array.GetDataType() in (12, 16, 17):
+        a = numpy_support.vtk_to_numpy(array)
+        a = np.where(a < 0, -1, a).astype(np.int32 if array.GetDataType() == 16 else np.uint32)
+        buf = a.tobytes()
+    else:
+        buf = rws.buffer(array).tobytes()
+    if binary:
+        return buf if not compression else rws.zipCompression(pMd5, buf)
+    return rws.base64Encode(buf if not compression else rws.zipCompression(pMd5, buf))
+
+
+def mesh_pane_class():
+    """``MeshVTK``: ``pn.pane.VTK`` for a render window, with a vectorised array serializer."""
+    global _MeshVTK
+    if _MeshVTK is not None:
+        return _MeshVTK
+    from panel.pane.vtk import synchronizable_serializer as rws
+    from panel.pane.vtk.vtk import VTKRenderWindowSynchronized
+
+    class FastContext(rws.SynchronizationContext):
+        getCachedDataArray = _fast_cached_array
+
+    class MeshVTK(VTKRenderWindowSynchronized):
+        """A synchronised VTK pane whose scene serialisation avoids Panel's per-element Python loop."""
+
+        def _serialize_ren_win(self, ren_win, context, binary=False, compression=True, exclude_arrays=None):
+            if type(context) is rws.SynchronizationContext:
+                context.__class__ = FastContext
+            return super()._serialize_ren_win(ren_win, context, binary, compression, exclude_arrays)
+
+    _MeshVTK = MeshVTK
+    return MeshVTK
+
+
+_MeshVTK = None
+
+
+class Scene:
+    """A pyvista plotter (off screen, tiny server-side window) shown in a :class:`MeshVTK` pane.
+
+    ``update(meshes)`` replaces actors by name in place and synchronises once; the browser keeps
+    its camera.
+    """
+
+    def __init__(self, height=460, css_classes=("view3d",), **pane_kw):
+        import pyvista as pv
+
+        self.plotter = pv.Plotter(off_screen=True, notebook=False, window_size=(8, 8))
+        self.plotter.set_background("white")
+        self.plotter.enable_anti_aliasing = False
+        self._names: set = set()
+        self._first = True
+        cls = mesh_pane_class()
+        self.pane = cls(self.plotter.ren_win, height=height, sizing_mode="stretch_width", orientation_widget=True,
+                        css_classes=list(css_classes), enable_keybindings=False, **pane_kw)
+
+    def update(self, meshes: dict, uncertainty_range=None) -> None:
+        pl = self.plotter
+        for name in list(self._names):
+            if meshes.get(name) is None:
+                pl.remove_actor(name, reset_camera=False, render=False)
+                self._names.discard(name)
+        for name, mesh in meshes.items():
+            if mesh is None:
+                continue
+            kw = dict(name=name, reset_camera=False, render=False, smooth_shading=True)
+            if name.startswith("atoms"):
+                pl.add_mesh(mesh, scalars="rgb", rgb=True, **kw)
+            elif name == "pred" and "std" in mesh.point_data:
+                pl.add_mesh(mesh, scalars="std", cmap="viridis", clim=uncertainty_range, opacity=0.75,
+                            show_scalar_bar=False, **kw)
+            elif name == "dft":
+                pl.add_mesh(mesh, color=COLOURS["dft"], opacity=0.45 if "pred" in meshes else 0.75, **kw)
+            else:
+                pl.add_mesh(mesh, color=COLOURS[name], opacity=0.75, **kw)
+            self._names.add(name)
+        if self._first and self._names:
+            pl.reset_camera()
+            self._first = False
+        self.pane.synchronize()

@@ -1,0 +1,378 @@
+"""The app's state: knobs and results as ``param`` parameters, and background work.
+
+A knob change submits work to the shared Dask client (:mod:`mlhk_viz.app.engine`): "fit" (both
+models and every number the error plots show), "view" (the chosen molecule's densities and
+iso-surfaces), "curve" (learning curve, one training size at a time, low priority) and "save".
+A newer request of the same kind replaces the older one (cancelled if not started, stopped at
+its next stage if running), and a result is applied only if it matches the knobs at that
+moment. No browser is needed: ``AppState(...).wait()`` blocks until the work is applied, which
+is how the tests and the benchmark drive it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import param
+
+from . import compute, engine, tasks
+
+HK, KS = "ML-HK", "ML-KS"
+SHOW = ["predicted", "DFT", "difference"]
+FIT_KNOBS = ["dataset", "m", "gamma", "spacing", "sigma_auto", "log_sigma", "lam_auto", "log_lam"]
+VIEW_KNOBS = ["molecule", "iso", "diff_frac", "show", "layout3d", "uncertainty"]
+
+
+def _r(x, nd=4):
+    return float(round(float(x), nd))
+
+
+class AppState(param.Parameterized):
+    """Knobs (what a person sets) and results (what the views draw) of one session."""
+
+    # -- knobs -----------------------------------------------------------------------------
+    dataset = param.Selector(default=None, objects=[], doc="Data set: a .npz file of the data folder")
+    model_file = param.Selector(default="", objects=[""], doc="A saved model to open ('' = train from the knobs)")
+    kind = param.Selector(default=HK, objects=[HK, KS], doc="Which model the sigma/lambda knobs set and 'save' writes")
+    gamma = param.Number(default=0.2, bounds=(0.05, 0.5), step=0.01, doc="Gaussian potential width gamma, Å")
+    spacing = param.Number(default=0.08, bounds=(0.04, 0.2), step=0.01, doc="Potential grid spacing Delta, Å")
+    sigma_auto = param.Boolean(default=True, doc="Choose sigma by leave-one-out CV on the training set")
+    log_sigma = param.Number(default=0.0, bounds=(-1.5, 1.5), step=0.05, doc="log10(sigma / median training distance)")
+    lam_auto = param.Boolean(default=True, doc="Choose lambda by leave-one-out CV on the training set")
+    log_lam = param.Number(default=-8.0, bounds=(-14.0, -1.0), step=0.25, doc="log10(lambda)")
+    m = param.Integer(default=10, bounds=(2, compute.MAX_M), doc="Training size M (K-means in geometry space)")
+    molecule = param.Integer(default=0, bounds=(0, None), doc="Molecule shown in 3D (index in the data set)")
+    iso = param.Number(default=0.05, bounds=(0.002, 0.3), step=0.002, doc="Iso level of the densities, e/bohr³")
+    diff_frac = param.Number(default=0.3, bounds=(0.02, 0.95), step=0.01, doc="Difference lobes at ± this fraction of max |Δn|")
+    show = param.ListSelector(default=list(SHOW), objects=list(SHOW))
+    layout3d = param.Selector(default="side by side", objects=["side by side", "overlay"])
+    uncertainty = param.Boolean(default=False, doc="Colour the predicted surface by the predictive standard deviation")
+    slice_pos = param.Number(default=0.0, doc="Slice position along the plane normal, bohr")
+    slice_field = param.Selector(default="predicted", objects=["predicted", "DFT", "difference", "uncertainty"])
+
+    # -- results ---------------------------------------------------------------------------
+    result = param.Parameter(default=None, doc="compute.FitResult of the current knobs")
+    view_data = param.Parameter(default=None, doc="tasks.ViewData of the current molecule and view knobs")
+    curve = param.List(default=[], doc="learning-curve points (dicts), growing as they arrive")
+    status = param.String(default="")
+    stage = param.String(default="")
+    progress = param.Integer(default=0, bounds=(0, 100))
+    busy = param.Boolean(default=False)
+    error = param.String(default="")
+    saved_path = param.String(default="")
+    loaded_path = param.String(default="")
+
+    def __init__(self, data_dir=None, model_dir=None, dispatch=None, dataset=None, curve=True, **params):
+        self.data_dir = Path(data_dir) if data_dir else compute.default_data_dir()
+        self.model_dir = Path(model_dir) if model_dir else compute.default_model_dir()
+        self.session = uuid.uuid4().hex[:12]
+        self._lock = threading.RLock()
+        self._dispatch = dispatch or self._direct
+        self._quiet = False
+        self._pending: set = set()
+        self._want_curve = curve
+        self._hyper = {k: dict(sigma_auto=True, log_sigma=0.0, lam_auto=True, log_lam=-8.0) for k in (HK, KS)}
+        self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "save")}
+        self.timings: dict = {}
+        super().__init__(**params)
+        self.refresh_lists()
+        objs = self.param.dataset.objects
+        if dataset is not None:
+            dataset = str(Path(dataset).resolve())
+            if dataset not in objs:
+                self.param.dataset.objects = list(objs) + [dataset]
+                self._labels[dataset] = Path(dataset).name
+        elif objs:
+            dataset = next((p for p in objs if Path(p).name == "h2.npz"), objs[0])
+        engine.listen(self.session, self._on_progress)
+        if dataset is not None:
+            with self._quietly():
+                self.dataset = dataset
+            self._dataset_changed(start=False)
+            self.request_fit()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _direct(self, fn):
+        with self._lock:
+            fn()
+
+    class _Quiet:
+        def __init__(self, st):
+            self.st = st
+
+        def __enter__(self):
+            self.prev, self.st._quiet = self.st._quiet, True
+
+        def __exit__(self, *a):
+            self.st._quiet = self.prev
+
+    def _quietly(self):
+        return AppState._Quiet(self)
+
+    def close(self) -> None:
+        """Forget this session: its running tasks go stale and stop."""
+        for j in self.jobs.values():
+            j.cancel()
+        engine.forget(self.session)
+        engine.listen(self.session, None)
+
+    def wait(self, timeout: float = 300.0, jobs=("fit", "view")) -> bool:
+        """Block until the named jobs have been applied (or failed); True if they were."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            with self._lock:
+                if not (self._pending & set(jobs)):
+                    return True
+            time.sleep(0.005)
+        return False
+
+    def _start(self, name):
+        with self._lock:
+            self._pending.add(name)
+            self.busy = True
+
+    def _finish(self, name):
+        with self._lock:
+            self._pending.discard(name)
+            self.busy = bool(self._pending - {"curve"})
+            if not self.busy:
+                self.stage, self.progress = "", 100
+
+    def _on_progress(self, job, done, total, stage):
+        if job == "curve":
+            return
+        pct = int(100 * done / max(total, 1))
+        self._dispatch(lambda: self.param.update(stage=f"{job}: {stage} ({done}/{total})", progress=min(pct, 100)))
+
+    def _on_error(self, name):
+        def handler(exc):
+            self._finish(name)
+            self.error = f"{name}: {type(exc).__name__}: {exc}"
+            self.status = self.error
+        return handler
+
+    # -- lists ---------------------------------------------------------------------------------
+    def refresh_lists(self) -> None:
+        """Rescan the data folder and the model folder."""
+        sets = compute.scan_datasets(self.data_dir)
+        self._labels = {v: k for k, v in sets.items()}
+        objs = list(sets.values())
+        if self.dataset is not None and self.dataset not in objs:
+            objs.append(self.dataset)
+            self._labels.setdefault(self.dataset, Path(self.dataset).name)
+        self.param.dataset.objects = objs
+        models = compute.scan_models(self.model_dir, self.data_dir)
+        self._model_labels = {"": "(none: train with the knobs)", **{v: k for k, v in models.items()}}
+        mobjs = [""] + list(models.values())
+        if self.model_file and self.model_file not in mobjs:
+            mobjs.append(self.model_file)
+        self.param.model_file.objects = mobjs
+
+    def dataset_label(self, path) -> str:
+        return self._labels.get(path, Path(path).name if path else "")
+
+    def model_label(self, path) -> str:
+        return self._model_labels.get(path, Path(path).name if path else "")
+
+    # -- knobs -> requests -----------------------------------------------------------------------
+    def hyper(self, kind) -> dict:
+        if kind == self.kind:
+            return dict(sigma_auto=self.sigma_auto, log_sigma=self.log_sigma, lam_auto=self.lam_auto, log_lam=self.log_lam)
+        return dict(self._hyper[kind])
+
+    def fit_knobs(self) -> compute.FitKnobs:
+        hk, ks = self.hyper(HK), self.hyper(KS)
+        s = lambda h: None if h["sigma_auto"] else 10 ** _r(h["log_sigma"])  # noqa: E731
+        lm = lambda h: None if h["lam_auto"] else 10 ** _r(h["log_lam"])  # noqa: E731
+        return compute.FitKnobs(self.dataset, int(self.m), _r(self.gamma), _r(self.spacing), s(hk), lm(hk), s(ks), lm(ks))
+
+    def source(self) -> tuple:
+        if self.loaded_path:
+            return ("file", self.loaded_path, self.dataset)
+        return ("knobs", self.fit_knobs())
+
+    def view_knobs(self) -> tuple:
+        return (int(self.molecule), _r(self.iso, 5), _r(self.diff_frac, 3), tuple(s for s in SHOW if s in self.show),
+                self.layout3d, bool(self.uncertainty))
+
+    @param.depends("kind", watch=True)
+    def _kind_changed(self):
+        other = KS if self.kind == HK else HK
+        # the knobs on screen belonged to the other kind until now
+        self._hyper[other] = dict(sigma_auto=self._shown["sigma_auto"], log_sigma=self._shown["log_sigma"],
+                                  lam_auto=self._shown["lam_auto"], log_lam=self._shown["log_lam"])
+        with self._quietly():
+            self.param.update(**self._hyper[self.kind])
+        self._remember_shown()
+        self._show_cv_choice()
+
+    def _remember_shown(self):
+        self._shown = dict(sigma_auto=self.sigma_auto, log_sigma=self.log_sigma, lam_auto=self.lam_auto, log_lam=self.log_lam)
+
+    @param.depends(*FIT_KNOBS[1:], watch=True)
+    def _fit_knobs_changed(self):
+        self._remember_shown()
+        if self._quiet:
+            return
+        if self.loaded_path:
+            with self._quietly():
+                self.model_file = ""
+            self.loaded_path = ""
+        self.request_fit()
+
+    @param.depends("dataset", watch=True)
+    def _dataset_watch(self):
+        if not self._quiet:
+            self._dataset_changed(start=True)
+            self._fit_knobs_changed()
+
+    def _dataset_changed(self, start=True):
+        entry = compute.load_entry(self.dataset)
+        n, pool = len(entry.ds), len(entry.pool)
+        with self._quietly():
+            self.param.molecule.bounds = (0, n - 1)
+            self.param.m.bounds = (2, min(compute.MAX_M, pool))
+            if self.m > pool:
+                self.m = min(self.m, pool)
+            self.molecule = int(entry.test[len(entry.test) // 2])
+            ax = entry.axes[entry.normal]
+            self.param.slice_pos.bounds = (float(ax[0]), float(ax[-1]))
+            mid = float(np.mean(entry.ds.positions[..., entry.normal]) / 0.529177210903)
+            self.slice_pos = float(ax[np.argmin(np.abs(ax - mid))])
+        self._remember_shown()
+        self.curve = []
+        if self._want_curve:
+            self.request_curve()
+
+    @param.depends("gamma", "spacing", watch=True)
+    def _descriptor_changed(self):
+        if not self._quiet and self._want_curve:
+            self.curve = []
+            self.request_curve()
+
+    @param.depends(*VIEW_KNOBS, watch=True)
+    def _view_knobs_changed(self):
+        if not self._quiet:
+            self.request_view()
+
+    @param.depends("model_file", watch=True)
+    def _model_file_changed(self):
+        if self._quiet:
+            return
+        self.loaded_path = self.model_file or ""
+        self.request_fit()
+
+    # -- requests ----------------------------------------------------------------------------------
+    def request_fit(self) -> None:
+        """(Re)train for the current knobs in the background, then refresh the view."""
+        self.error = ""
+        src = self.source()
+        self._start("fit")
+        t0 = time.perf_counter()
+        if src[0] == "knobs":
+            self.jobs["fit"].submit(tasks.fit, src[1], on_done=lambda r: self._apply_fit(src, r, t0),
+                                    on_error=self._on_error("fit"), priority=10)
+        else:
+            self.jobs["fit"].submit(tasks.loaded_fit, src[1], src[2], on_done=lambda r: self._apply_fit(src, r, t0),
+                                    on_error=self._on_error("fit"), priority=10)
+        self.request_view()
+
+    def request_view(self) -> None:
+        src, vk = self.source(), self.view_knobs()
+        self._start("view")
+        t0 = time.perf_counter()
+        self.jobs["view"].submit(tasks.view, src, *vk, on_done=lambda v: self._apply_view(src, vk, v, t0),
+                                 on_error=self._on_error("view"), priority=20)
+
+    def request_curve(self) -> None:
+        ds, g, s = self.dataset, _r(self.gamma), _r(self.spacing)
+        entry = compute.load_entry(ds)
+        sizes = compute.curve_sizes(entry)
+        self.curve_sizes = sizes
+        self._curve_next(ds, g, s, sizes, 0)
+
+    def _curve_next(self, ds, g, s, sizes, k):
+        if k >= len(sizes):
+            self._finish("curve")
+            return
+        self._start("curve")
+
+        def done(point):
+            if (self.dataset, _r(self.gamma), _r(self.spacing)) != (ds, g, s):
+                return
+            self.curve = self.curve + [point]
+            self._curve_next(ds, g, s, sizes, k + 1)
+
+        self.jobs["curve"].submit(tasks.curve_point, ds, sizes[k], g, s, on_done=done, on_error=self._on_error("curve"),
+                                  priority=-10)
+
+    def save(self, path=None) -> None:
+        """Write the current model (of ``kind``) as a model file, in the background."""
+        if self.result is None:
+            self.status = "nothing to save yet"
+            return
+        k = self.fit_knobs()
+        if path is None:
+            name = compute.load_entry(k.dataset).name
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = self.model_dir / f"{name}-{self.kind.replace('-', '')}-M{k.m}-{stamp}.npz"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._start("save")
+        self.jobs["save"].submit(tasks.save_model, k, self.kind, str(path), on_done=self._apply_save,
+                                 on_error=self._on_error("save"))
+
+    # -- results -------------------------------------------------------------------------------------
+    def _apply_fit(self, src, res, t0):
+        if src != self.source():
+            return  # made stale by a newer change
+        self.timings["fit"] = time.perf_counter() - t0
+        self.result = res
+        self._finish("fit")
+        self._show_cv_choice()
+        if src[0] == "file":
+            with self._quietly():
+                self.param.update(gamma=res.knobs.gamma, spacing=res.knobs.spacing)
+            self.status = f"model file {Path(src[1]).name}: {self.model_label(src[1])}"
+        else:
+            s = res.summary()
+            self.status = (f"{res.name}, M = {len(res.train)}: ML-HK ΔE MAE {s['mlhk_dE'][0]:.3g}, "
+                           f"ML-KS ΔE MAE {s['mlks_dE'][0]:.3g} kcal/mol")
+
+    def _show_cv_choice(self):
+        """With 'auto', move the slider to the value CV picked (without retraining)."""
+        res = self.result
+        if res is None or self.loaded_path:
+            return
+        ch = res.hk if self.kind == HK else res.ks
+        with self._quietly():
+            if self.sigma_auto and np.isfinite(ch.factor) and ch.factor > 0:
+                self.log_sigma = float(np.clip(math.log10(ch.factor), *self.param.log_sigma.bounds))
+            if self.lam_auto and ch.lam > 0:
+                self.log_lam = float(np.clip(math.log10(ch.lam), *self.param.log_lam.bounds))
+        self._remember_shown()
+
+    def _apply_view(self, src, vk, vd, t0):
+        if src != self.source() or vk != self.view_knobs():
+            return
+        self.timings["view"] = time.perf_counter() - t0
+        self.view_data = vd
+        self._finish("view")
+
+    def _apply_save(self, path):
+        self._finish("save")
+        self.saved_path = path
+        self.refresh_lists()
+        self.status = f"saved {path}"
+
+    # -- convenience for views and tests ----------------------------------------------------------------
+    def choice(self, kind=None):
+        """The hyperparameters in use for ``kind`` (a compute.Choice), or None before the first fit."""
+        res = self.result
+        if res is None:
+            return None
+        return res.hk if (kind or self.kind) == HK else res.ks

@@ -1,0 +1,141 @@
+"""Functions run on the Dask client: ``task(progress, *small_args)`` -> result.
+
+Arguments are small hashable knobs (Dask pickles them); the big arrays are found in the shared
+caches. Each task reports its stages through ``progress``, which raises ``engine.Stale`` once a
+newer request replaced it, so stale work stops at the next stage boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import cache, compute, scene
+
+
+@dataclass
+class ViewData:
+    """What the 3D view and the slice need, for one molecule and one set of view knobs."""
+
+    source: tuple
+    molecule: "compute.Molecule"
+    meshes: dict
+    view_knobs: tuple
+    std_range: tuple
+    diff_level: float
+
+
+def _molecule(progress, source, i):
+    if source[0] == "knobs":
+        return compute.molecule(source[1], i, progress)
+    return loaded_molecule(source[1], source[2], i, progress)
+
+
+def view(progress, source, i, iso, diff_frac, show, layout, uncertainty):
+    """Densities of molecule ``i`` on the fine grid and the iso-surfaces for the view knobs."""
+    mol = _molecule(progress, source, i)
+    progress(0, 1, "surfaces")
+    dmax = float(np.abs(mol.diff).max())
+    level = max(diff_frac * dmax, 1e-12)
+    meshes = scene.build_meshes(mol, iso, level, show, layout, uncertainty)
+    progress(1, 1, "surfaces")
+    hi = float(mol.std.max()) or 1e-12
+    return ViewData(source, mol, meshes, (i, iso, diff_frac, tuple(show), layout, uncertainty), (0.0, hi), level)
+
+
+def fit(progress, knobs):
+    return compute.fit(knobs, progress)
+
+
+def curve_point(progress, dataset, m, gamma, spacing):
+    return compute.curve_point(dataset, m, gamma, spacing, progress)
+
+
+def save_model(progress, knobs, kind, path):
+    from ..models import save_model as lib_save
+
+    model = compute.library_model(knobs, kind, progress)
+    progress(0, 1, "writing")
+    out = lib_save(model, path)
+    progress(1, 1, "writing")
+    return str(out)
+
+
+# ------------------------------------------------------------------------------ model files
+def _loaded(path):
+    from ..models import load_model
+
+    key = ("loaded", compute.file_key(path))
+    return cache.MODELS.get_or_compute(key, lambda: load_model(path))
+
+
+def loaded_fit(progress, path, dataset):
+    """A :class:`~mlhk_viz.app.compute.FitResult` for a model file on the current data set (library calls)."""
+    from ..models import MLHK
+
+    key = ("loaded-fit", compute.file_key(path), compute.file_key(dataset))
+    got = cache.MODELS.get(key)
+    if got is not None:
+        return got
+    progress(0, 2, "load model")
+    model = _loaded(path)
+    entry = compute.load_entry(dataset)
+    ds = entry.ds
+    if not np.array_equal(np.asarray(model.numbers_), ds.numbers):
+        raise ValueError(f"{Path(path).name} was fitted on atoms {list(model.numbers_)}, "
+                         f"the data set {ds.name} has {list(ds.numbers)}")
+    progress(1, 2, "predict")
+    n = len(ds)
+    nan = np.full(n, np.nan)
+    t = entry.test
+    p = model.get_params()
+    if isinstance(model, MLHK):
+        E_hk = model.predict(ds.positions)
+        dec = model.error_decomposition(ds.positions[t], ds.energies[t], entry.U[t])
+        var = model.predict_variance(ds.positions)
+        hk = compute.Choice(float(np.ravel(model.density_model_.sigma_)[0]), float(np.ravel(model.density_model_.lam_)[0]),
+                            float("nan"), (False, False))
+        en = compute.Choice(float(model.energy_model_.sigma_[0]), float(model.energy_model_.lam_[0]), float("nan"), (False, False))
+        ks = compute.Choice(float("nan"), float("nan"), float("nan"), (False, False))
+        E_ks, E_at, l2 = nan, dec["E_ml_at_dft_density"], dec["density_l2"]
+    else:
+        E_ks = model.predict(ds.positions)
+        E_hk, var = nan, nan
+        E_at, l2 = np.full(len(t), np.nan), np.full(len(t), np.nan)
+        ks = compute.Choice(float(model.model_.sigma_[0]), float(model.model_.lam_[0]), float("nan"), (False, False))
+        hk = en = compute.Choice(float("nan"), float("nan"), float("nan"), (False, False))
+    knobs = compute.FitKnobs(dataset, len(model.X_fit_), float(p["gamma"]), float(p["spacing"]))
+    res = compute.FitResult(knobs, ds.name, np.array([], int), t, hk, en, ks, ds.energies.copy(), E_hk, E_ks, E_at, l2,
+                            var, entry.x_label, entry.x_values, ds.ordered)
+    progress(2, 2, "predict")
+    return cache.MODELS.put(key, res)
+
+
+def loaded_molecule(path, dataset, i, progress):
+    from ase.units import Bohr
+
+    from ..models import MLHK
+
+    key = ("loaded-mol", compute.file_key(path), compute.file_key(dataset), int(i))
+    got = cache.GRIDS.get(key)
+    if got is not None:
+        return got
+    model = _loaded(path)
+    entry = compute.load_entry(dataset)
+    if not isinstance(model, MLHK):
+        raise ValueError("an ML-KS model predicts energies only: open an ML-HK model to see densities")
+    pos = entry.ds.positions[i:i + 1]
+    c = model.predict_coefficients(pos)[0]
+    b = entry.ds.basis
+    pred = b.evaluate(c, *entry.axes).astype(np.float32)
+    dft = compute.dft_grid(entry, i)
+    var = float(model.predict_variance(pos)[0])
+    # the spread of the model's own training densities is not in the file: use the data set's
+    s2 = ((entry.U[entry.pool] - entry.U[entry.pool].mean(0)) ** 2).mean(0)
+    std = (np.sqrt(var) * np.sqrt(np.maximum(compute._separable(s2, entry.axes, b, square=True), 0))).astype(np.float32)
+    mol = compute.Molecule(int(i), entry.axes, entry.ds.numbers, entry.ds.positions[i] / Bohr, pred, dft, pred - dft, std,
+                           var, float(b.electron_count(c)), float(b.electron_count(entry.U[i])),
+                           float(np.linalg.norm(c - entry.U[i])), entry.normal)
+    return cache.GRIDS.put(key, mol)
