@@ -1,0 +1,52 @@
+"""Short help per knob and per view, for teaching (shown as tooltips and in the 'About' tab)."""
+
+KNOBS = {
+    "dataset": "Molecules of one composition with PBE energies and densities (any valid .npz in the data folder).",
+    "model_file": "Open a model saved earlier (by this app or mlhk_viz.models.save_model). Any knob change goes back to training.",
+    "kind": "ML-HK learns the density first (potential → density → energy); ML-KS learns the energy straight from the "
+            "potential. Both are always trained; this picks which one sigma/lambda set and 'save' writes.",
+    "gamma": "Width γ (Å) of the Gaussians in the artificial potential v(r) = Σ Z exp(−|r−R|²/2γ²) that describes a geometry.",
+    "spacing": "Grid spacing Δ (Å) on which v is sampled. Kernel distances are computed exactly from per-axis sums.",
+    "sigma": "Kernel width σ, as a multiple of the median distance between training descriptors (log scale). Small σ: "
+             "each training molecule only informs its near neighbours; large σ: smooth, stiff fits.",
+    "sigma_auto": "Pick σ by exact leave-one-out CV on the training set alone (the paper's protocol); the slider then shows the pick.",
+    "lam": "Ridge λ (log scale): how much the fit may ignore the training data to stay smooth. A λ change costs one "
+           "small matrix product: the eigendecomposition of the kernel is kept per σ.",
+    "lam_auto": "Pick λ by leave-one-out CV on the training set; the slider then shows the pick.",
+    "m": "Number of training molecules, chosen by K-means in geometry space (nearly evenly spread); the test set is fixed.",
+    "molecule": "Molecule shown in 3D (index in the data set). Click a point in any error plot to pick it.",
+    "iso": "Iso level of the density surfaces, electrons/bohr³.",
+    "diff_frac": "The difference n_ML − n_DFT is drawn as lobes at ± this fraction of its largest magnitude "
+                 "(red: ML has too much density, blue: too little).",
+    "show": "Which surfaces to draw: prediction (orange), DFT (blue), signed difference (red/blue lobes).",
+    "layout3d": "Side by side shares one camera; overlay draws prediction and DFT in the same place.",
+    "uncertainty": "Colour the predicted surface by the model's predictive standard deviation (see the About tab).",
+    "slice": "A plane through the molecule (the one holding the atoms), moved along its normal.",
+    "save": "Write the current model as an .npz model file that the app (Model file) and mlhk_viz.models.load_model open again.",
+}
+
+ABOUT = """
+### What you see
+* **3D**: iso-surfaces of the ML-HK density (orange) and the DFT density (blue) of the chosen molecule, and the
+  signed difference as ± lobes. Densities are evaluated from their 125,000 Fourier coefficients on a fine grid around
+  the molecules, so the surfaces are smooth.
+* **Parity**: E^ML against E^DFT for the test molecules, ML-HK and ML-KS (energies relative to the lowest DFT
+  energy of the set, kcal/mol).
+* **ΔE = ΔE_F + ΔE_D**: the functional-driven error ΔE_F = E^ML[n^DFT] − E^DFT and the density-driven error
+  ΔE_D = E^ML[n^ML] − E^ML[n^DFT] of each test molecule.
+* **Learning curve**: test MAE against the training size M with every hyperparameter chosen by CV (the paper's
+  protocol), the paper's values as crosses.
+
+### Uncertainty
+Kernel ridge regression is the mean of a Gaussian process. Its posterior variance at a geometry x,
+v(x) = 1 − k(x)ᵀ(K + λI)⁻¹k(x), is one number per molecule: 0 on a training geometry, growing towards 1 far from
+all of them. ML-HK treats every Fourier coefficient l as its own regression; reading each as a GP with prior
+variance s_l² (the spread of that coefficient over the training densities), the density's pointwise predictive
+standard deviation is sd(r) = sqrt(v(x) Σ_l s_l² φ_l(r)²). That field is what the slice's "uncertainty" shows and
+what colours the predicted surface.
+
+### Speed
+Distances are cached per (data set, γ, Δ, training set), one eigendecomposition of the kernel per σ, and the
+coefficient Gram matrices per training set: a λ change is one M×M product, a σ change one M×M
+eigendecomposition. Training runs on a Dask client in the background; the page keeps responding.
+"""

@@ -1,0 +1,460 @@
+"""Views: functions of an :class:`~mlhk_viz.app.state.AppState` that return Panel/HoloViews objects."""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+from ase.units import Bohr
+
+from ..datasets import write_cube
+from ..evaluation import KCAL_PER_HARTREE
+from ..reproduce.paper import QUANTITIES, TABLE1
+from . import compute, help as H
+from .scene import Scene
+from .state import HK, KS, SHOW
+
+hv.extension("bokeh", logo=False)
+
+KC = KCAL_PER_HARTREE
+COL = {"mlhk": "#e07b00", "mlks": "#3674b5", "dED": "#c4372b", "dEF": "#6a9f3b", "dft": "#222222"}
+AX = "xyz"
+
+
+# ------------------------------------------------------------------------------ controls
+def _log_format():
+    from bokeh.models import CustomJSTickFormatter
+
+    return CustomJSTickFormatter(code="return Math.pow(10, tick).toExponential(1)")
+
+
+def _with_help(widget, text):
+    """The widget with its help text: as its own tooltip where the widget has one, else an icon beside it."""
+    if "description" in widget.param:
+        widget.description = text
+        return widget
+    return pn.Row(widget, pn.widgets.TooltipIcon(value=text, margin=(18, 0, 0, 0)), sizing_mode="stretch_width")
+
+
+def controls(state) -> pn.Column:
+    p = state.param
+    ds = pn.widgets.Select.from_param(p.dataset, name="Data set", css_classes=["w-dataset"])
+    ds.options = {state.dataset_label(v): v for v in state.param.dataset.objects}
+    mf = pn.widgets.Select.from_param(p.model_file, name="Model file",
+                                      css_classes=["w-model-file"])
+    mf.options = {state.model_label(v): v for v in state.param.model_file.objects}
+
+    def relabel(*_):
+        ds.options = {state.dataset_label(v): v for v in state.param.dataset.objects}
+        mf.options = {state.model_label(v): v for v in state.param.model_file.objects}
+
+    state.param.watch(relabel, ["saved_path"])
+    rescan = pn.widgets.Button(name="↻ rescan folders", button_type="light", width=140, css_classes=["w-rescan"])
+    rescan.on_click(lambda e: (state.refresh_lists(), relabel()))
+    kind = pn.widgets.RadioButtonGroup.from_param(p.kind, name="Model", css_classes=["w-kind"], button_type="primary")
+    gamma = pn.widgets.FloatSlider.from_param(p.gamma, name="γ (Å)", css_classes=["w-gamma"])
+    spacing = pn.widgets.FloatSlider.from_param(p.spacing, name="Δ (Å)",
+                                                css_classes=["w-spacing"])
+    sig_auto = pn.widgets.Checkbox.from_param(p.sigma_auto, name="σ: auto by CV on the training set",
+                                              css_classes=["w-sigma-auto"])
+    sig = pn.widgets.EditableFloatSlider.from_param(p.log_sigma, name="log₁₀ σ / median distance", css_classes=["w-sigma"])
+    lam_auto = pn.widgets.Checkbox.from_param(p.lam_auto, name="λ: auto by CV on the training set", css_classes=["w-lam-auto"])
+    lam = pn.widgets.EditableFloatSlider.from_param(p.log_lam, name="log₁₀ λ",
+                                                    css_classes=["w-lam"])
+    m = pn.widgets.EditableIntSlider.from_param(p.m, name="Training size M", css_classes=["w-m"])
+    chosen = pn.pane.HTML(pn.bind(_chosen_html, state.param.result, state.param.kind), css_classes=["hyper"],
+                          sizing_mode="stretch_width")
+
+    def disable(*_):
+        sig.disabled = state.sigma_auto or bool(state.loaded_path)
+        lam.disabled = state.lam_auto or bool(state.loaded_path)
+
+    state.param.watch(disable, ["sigma_auto", "lam_auto", "loaded_path"])
+    disable()
+    mol = pn.widgets.EditableIntSlider.from_param(p.molecule, name="Molecule (index in the set)", css_classes=["w-molecule"])
+    iso = pn.widgets.FloatSlider.from_param(p.iso, name="Iso level (e/bohr³)",
+                                            format="0.000", css_classes=["w-iso"])
+    dfrac = pn.widgets.FloatSlider.from_param(p.diff_frac, name="Difference lobes (fraction of max |Δn|)", css_classes=["w-diff"])
+    show = pn.widgets.CheckButtonGroup.from_param(p.show, name="Show", options=SHOW, css_classes=["w-show"])
+    lay = pn.widgets.RadioButtonGroup.from_param(p.layout3d, name="Layout", css_classes=["w-layout"])
+    unc = pn.widgets.Checkbox.from_param(p.uncertainty, name="Colour by predictive uncertainty", css_classes=["w-unc"])
+    save = pn.widgets.Button(name="Save model", button_type="success", css_classes=["w-save"])
+    save.on_click(lambda e: state.save())
+    saved = pn.widgets.FileDownload(callback=lambda: _read(state.saved_path), filename="model.npz",
+                                    label="Download saved model", button_type="light", css_classes=["w-model-download"],
+                                    visible=False)
+
+    def on_saved(*_):
+        saved.filename = Path(state.saved_path).name
+        saved.visible = bool(state.saved_path)
+
+    state.param.watch(on_saved, ["saved_path"])
+    K, w = H.KNOBS, _with_help
+    return pn.Column(
+        "### Data", w(ds, K["dataset"]), w(mf, K["model_file"]), rescan,
+        "### Model", w(kind, K["kind"]), w(gamma, K["gamma"]), w(spacing, K["spacing"]), w(sig_auto, K["sigma_auto"]),
+        w(sig, K["sigma"]), w(lam_auto, K["lam_auto"]), w(lam, K["lam"]), w(m, K["m"]), chosen, w(save, K["save"]), saved,
+        "### View", w(mol, K["molecule"]), w(iso, K["iso"]), w(dfrac, K["diff_frac"]), w(show, K["show"]),
+        w(lay, K["layout3d"]), w(unc, K["uncertainty"]),
+        width=340, css_classes=["controls"],
+    )
+
+
+def _read(path):
+    return io.BytesIO(Path(path).read_bytes()) if path else io.BytesIO(b"")
+
+
+def _fmt(v):
+    return "–" if v is None or not np.isfinite(v) else f"{v:.3g}"
+
+
+def _chosen_html(result, kind):
+    if result is None:
+        return "<i>training…</i>"
+    rows = []
+    for label, ch in (("ML-HK density", result.hk), ("ML-HK energy functional", result.energy), ("ML-KS", result.ks)):
+        how = []
+        if ch.by_cv[0]:
+            how.append("σ by CV")
+        if ch.by_cv[1]:
+            how.append("λ by CV")
+        rows.append(f"<tr><td>{label}</td><td class='sigma'>{_fmt(ch.sigma)}</td><td class='lam'>{_fmt(ch.lam)}</td>"
+                    f"<td>{', '.join(how) or 'set by hand'}</td></tr>")
+    return ("<table class='hyper-table' style='font-size:12px'><tr><th></th><th>σ</th><th>λ</th><th></th></tr>"
+            + "".join(rows) + "</table>")
+
+
+# ------------------------------------------------------------------------------ status
+def status_bar(state) -> pn.Row:
+    bar = pn.indicators.Progress(value=100, max=100, width=160, bar_color="info", css_classes=["progress"])
+    stage = pn.pane.Str("", css_classes=["stage"], width=260)
+    text = pn.pane.Str("", css_classes=["status"], sizing_mode="stretch_width")
+
+    def upd(*_):
+        bar.value = state.progress if state.busy else 100
+        bar.active = state.busy
+        stage.object = state.stage if state.busy else "ready"
+        text.object = state.error or state.status
+
+    state.param.watch(upd, ["progress", "stage", "busy", "status", "error"])
+    upd()
+    return pn.Row(bar, stage, text, sizing_mode="stretch_width")
+
+
+# ------------------------------------------------------------------------------ 3D
+def view3d(state, height=460):
+    sc = Scene(height=height)
+
+    def upd(*_):
+        vd = state.view_data
+        if vd is not None:
+            sc.update(vd.meshes, vd.std_range)
+
+    state.param.watch(upd, ["view_data"])
+    upd()
+    cap = pn.pane.HTML(pn.bind(_mol_caption, state.param.view_data, state.param.result), css_classes=["mol-caption"],
+                       sizing_mode="stretch_width")
+    return pn.Column(sc.pane, cap, sizing_mode="stretch_width"), sc
+
+
+def _mol_caption(vd, result):
+    if vd is None:
+        return ""
+    m = vd.molecule
+    extra = ""
+    if result is not None and not len(result.train) == 0:
+        role = "training" if m.index in set(result.train.tolist()) else ("test" if m.index in set(result.test.tolist()) else "other")
+        extra = f" ({role} molecule)"
+        if result.x_values is not None:
+            extra += f", {result.x_label} = {result.x_values[m.index]:.3f}"
+    return (f"<span class='mol-index'>molecule {m.index}</span>{extra}; electrons ML {m.electrons_pred:.4f} / DFT "
+            f"{m.electrons_dft:.4f}; ‖n_ML − n_DFT‖₂ = <span class='mol-l2'>{m.l2:.3g}</span>; GP variance "
+            f"{m.var:.2g}; lobes at ±{vd.diff_level:.2g} e/bohr³")
+
+
+# ------------------------------------------------------------------------------ slice
+def slice_view(state):
+    def img(view_data, slice_pos, slice_field):
+        if view_data is None:
+            return hv.Image(np.zeros((2, 2))).opts(title="…")
+        m = view_data.molecule
+        n = m.normal
+        a, b = [d for d in range(3) if d != n]
+        ax = m.axes[n]
+        k = int(np.argmin(np.abs(ax - slice_pos)))
+        f = {"predicted": m.pred, "DFT": m.dft, "difference": m.diff, "uncertainty": m.std}[slice_field]
+        plane = np.take(f, k, axis=n)  # (len a, len b)
+        xs, ys = m.axes[a], m.axes[b]
+        bounds = (xs[0], ys[0], xs[-1], ys[-1])
+        if slice_field == "difference":
+            lim = float(np.abs(plane).max()) or 1e-12
+            cmap, clim = "RdBu_r", (-lim, lim)
+        else:
+            cmap, clim = ("viridis" if slice_field != "uncertainty" else "magma"), (0, float(plane.max()) or 1e-12)
+        im = hv.Image(plane.T[::-1] if False else plane.T, bounds=bounds, kdims=[f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"],
+                      vdims=["value"]).opts(cmap=cmap, clim=clim, colorbar=True, tools=["hover"],
+                                            title=f"{slice_field}, {AX[n]} = {ax[k]:.2f} bohr")
+        at = hv.Points((m.atoms_bohr[:, a], m.atoms_bohr[:, b]), kdims=[f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"]).opts(
+            color="white", line_color="black", size=8)
+        return (im * at).opts(width=430, height=330, data_aspect=1, toolbar="above")
+
+    dm = hv.DynamicMap(pn.bind(img, state.param.view_data, state.param.slice_pos, state.param.slice_field))
+    pos = pn.widgets.FloatSlider.from_param(state.param.slice_pos, name="Slice position (bohr)", step=0.05, css_classes=["w-slice"])
+    field = pn.widgets.RadioButtonGroup.from_param(state.param.slice_field, name="Field", css_classes=["w-slice-field"])
+    return pn.Column(pn.pane.HoloViews(dm, css_classes=["slice-plot"]), field, pos, width=450)
+
+
+# ------------------------------------------------------------------------------ error plots
+def _rel(result):
+    return float(np.nanmin(result.E_dft))
+
+
+def _select_from(state, dmap, index_of):
+    """Clicking a point of ``dmap`` selects the molecule ``index_of(result, i)``."""
+    sel = hv.streams.Selection1D(source=dmap)
+
+    def cb(index):
+        if index and state.result is not None:
+            mol = int(index_of(state.result, index[0]))
+            if mol != state.molecule:
+                state.molecule = mol
+
+    sel.add_subscriber(cb)
+    return sel
+
+
+def parity_plot(state):
+    def pts(result, which):
+        if result is None:
+            return hv.Points([], ["E DFT (kcal/mol)", "E ML (kcal/mol)"])
+        t, e0 = result.test, _rel(result)
+        E = result.E_hk if which == "mlhk" else result.E_ks
+        data = pd.DataFrame({"E DFT (kcal/mol)": (result.E_dft[t] - e0) * KC, "E ML (kcal/mol)": (E[t] - e0) * KC,
+                             "molecule": t})
+        return hv.Points(data, ["E DFT (kcal/mol)", "E ML (kcal/mol)"], ["molecule"], label=which.replace("ml", "ML-").upper()
+                         .replace("ML-HK", "ML-HK").replace("ML-KS", "ML-KS")).opts(
+            color=COL[which], size=7, tools=["tap", "hover"], nonselection_alpha=0.5, selection_color="black")
+
+    hk = hv.DynamicMap(pn.bind(pts, state.param.result, "mlhk"))
+    ks = hv.DynamicMap(pn.bind(pts, state.param.result, "mlks"))
+
+    def diag(result):
+        if result is None:
+            return hv.Curve([])
+        e = (result.E_dft[result.test] - _rel(result)) * KC
+        return hv.Curve([(e.min(), e.min()), (e.max(), e.max())]).opts(color="grey", line_dash="dashed")
+
+    d = hv.DynamicMap(pn.bind(diag, state.param.result))
+    _select_from(state, hk, lambda r, i: r.test[i])
+    _select_from(state, ks, lambda r, i: r.test[i])
+    plot = (d * ks * hk).opts(hv.opts.Overlay(title="Parity, test set (click a point)", width=420, height=340,
+                                              legend_position="top_left", framewise=True))
+    return pn.pane.HoloViews(plot, css_classes=["parity-plot"])
+
+
+def decomposition_plot(state):
+    def pts(result, which):
+        kd = [result.x_label if result is not None else "x", "kcal/mol"]
+        if result is None or not np.isfinite(result.E_hk_at_dft).any():
+            return hv.Scatter([], kd[0], kd[1])
+        err = result.errors
+        x = result.x_values[result.test]
+        key = {"dED": "mlhk_dED", "dEF": "mlhk_dEF"}[which]
+        data = pd.DataFrame({kd[0]: x, kd[1]: err[key], "molecule": result.test})
+        lab = {"dED": "ΔE_D (density-driven)", "dEF": "ΔE_F (functional-driven)"}[which]
+        return hv.Scatter(data, kd[0], [kd[1], "molecule"], label=lab).opts(
+            color=COL[which], size=6, tools=["tap", "hover"], nonselection_alpha=0.5)
+
+    def total(result):
+        if result is None or not np.isfinite(result.E_hk_at_dft).any():
+            return hv.Spikes([])
+        x = result.x_values[result.test]
+        return hv.Spikes((x, result.errors["mlhk_dE"]), result.x_label, "kcal/mol", label="ΔE (ML-HK)").opts(
+            color="grey", line_width=2, alpha=0.6)
+
+    a = hv.DynamicMap(pn.bind(pts, state.param.result, "dED"))
+    b = hv.DynamicMap(pn.bind(pts, state.param.result, "dEF"))
+    s = hv.DynamicMap(pn.bind(total, state.param.result))
+    _select_from(state, a, lambda r, i: r.test[i])
+    _select_from(state, b, lambda r, i: r.test[i])
+    plot = (s * a * b).opts(hv.opts.Overlay(title="ΔE = ΔE_F + ΔE_D per test molecule", width=420, height=340,
+                                            legend_position="top_left", framewise=True))
+    return pn.pane.HoloViews(plot, css_classes=["decomposition-plot"])
+
+
+def density_error_plot(state):
+    def pts(result):
+        kd = result.x_label if result is not None else "x"
+        if result is None or not np.isfinite(result.density_l2).any():
+            return hv.Scatter([], kd, "‖n_ML − n_DFT‖₂")
+        data = pd.DataFrame({kd: result.x_values[result.test], "‖n_ML − n_DFT‖₂": result.density_l2,
+                             "molecule": result.test})
+        return hv.Scatter(data, kd, ["‖n_ML − n_DFT‖₂", "molecule"]).opts(
+            color=COL["mlhk"], size=6, tools=["tap", "hover"], logy=True, framewise=True,
+            title="Density error per test molecule (click a point)", width=420, height=300)
+
+    dm = hv.DynamicMap(pn.bind(pts, state.param.result))
+    _select_from(state, dm, lambda r, i: r.test[i])
+    return pn.pane.HoloViews(dm, css_classes=["density-error-plot"])
+
+
+def paper_key(result):
+    name = (result.name or "").upper()
+    return name if name in ("H2", "H2O") else None
+
+
+def summary_frame(result) -> pd.DataFrame:
+    s = result.summary()
+    key = paper_key(result)
+    paper = TABLE1.get((key, len(result.train)), {}) if key else {}
+    rows = []
+    for q, label in list(QUANTITIES.items()) + [("mlhk_dEF", "ML-HK ΔE_F")]:
+        mae, mx = s.get(q, (float("nan"),) * 2)
+        p = paper.get(q, (float("nan"),) * 2)
+        rows.append({"quantity": label, "MAE": mae, "max": mx, "paper MAE": p[0], "paper max": p[1]})
+    return pd.DataFrame(rows)
+
+
+def per_molecule_frame(result) -> pd.DataFrame:
+    t = result.test
+    e = result.errors
+    return pd.DataFrame({"molecule": t, result.x_label: result.x_values[t], "E_DFT (Ha)": result.E_dft[t],
+                         "E_MLHK (Ha)": result.E_hk[t], "E_MLKS (Ha)": result.E_ks[t], "dE_MLHK (kcal/mol)": e["mlhk_dE"],
+                         "dE_D (kcal/mol)": e["mlhk_dED"], "dE_F (kcal/mol)": e["mlhk_dEF"],
+                         "dE_MLKS (kcal/mol)": e["mlks_dE"], "density L2": result.density_l2, "GP variance": result.var[t]})
+
+
+def summary_table(state):
+    def html(result):
+        if result is None:
+            return "<i>training…</i>"
+        df = summary_frame(result)
+        key = paper_key(result)
+        note = (f"Paper's Table 1 for {key}, M = {len(result.train)} beside ours." if key and
+                (key, len(result.train)) in TABLE1 else
+                "The paper lists H2 at M = 5, 7, 10 and H2O at M = 5, 10, 15, 20." if key else "")
+        body = "".join(
+            f"<tr><td>{r.quantity}</td><td class='mae'>{_fmt(r['MAE'])}</td><td class='max'>{_fmt(r['max'])}</td>"
+            f"<td>{_fmt(r['paper MAE'])}</td><td>{_fmt(r['paper max'])}</td></tr>" for _, r in df.iterrows())
+        return (f"<b>Test errors, kcal/mol ({len(result.test)} test molecules, M = {len(result.train)})</b>"
+                "<table class='summary-table' style='font-size:13px'><tr><th>quantity</th><th>MAE</th><th>max</th>"
+                f"<th>paper MAE</th><th>paper max</th></tr>{body}</table><small>{note}</small>")
+
+    return pn.pane.HTML(pn.bind(html, state.param.result), css_classes=["summary"], width=430)
+
+
+def learning_curve(state):
+    def plot(curve, result):
+        kd, vd = "M", "MAE (kcal/mol)"
+        layers = []
+        for q, lab in QUANTITIES.items():
+            pts = [(c["M"], c[q]) for c in curve if c.get(q, 0) > 0]
+            col = {"mlhk_dE": COL["mlhk"], "mlks_dE": COL["mlks"], "mlhk_dED": COL["dED"]}[q]
+            layers.append(hv.Curve(pts, kd, vd, label=lab).opts(color=col, line_width=2))
+            layers.append(hv.Scatter(pts, kd, vd, label=lab).opts(color=col, size=6))
+        key = paper_key(result) if result is not None else None
+        if key:
+            for q, lab in QUANTITIES.items():
+                pts = [(m, v[q][0]) for (mol, m), v in TABLE1.items() if mol == key]
+                col = {"mlhk_dE": COL["mlhk"], "mlks_dE": COL["mlks"], "mlhk_dED": COL["dED"]}[q]
+                layers.append(hv.Scatter(pts, kd, vd, label=f"paper {lab}").opts(color=col, marker="x", size=11))
+        n = len(curve)
+        tot = len(getattr(state, "curve_sizes", []) or [])
+        title = f"Learning curve, all hyperparameters by CV ({n}/{tot} sizes done)"
+        return hv.Overlay(layers).opts(logx=True, logy=True, width=560, height=360, title=title,
+                                       legend_position="bottom_left", show_grid=True)
+
+    return pn.pane.HoloViews(pn.bind(plot, state.param.curve, state.param.result), css_classes=["learning-curve"])
+
+
+def trajectory_plot(state):
+    def curves(result):
+        if result is None or not result.ordered:
+            return hv.Curve([]).opts(title="Not a trajectory: this data set is unordered")
+        x, e0 = result.x_values, _rel(result)
+        kd, vd = result.x_label, "E (kcal/mol, rel.)"
+        c = [hv.Curve((x, (result.E_dft - e0) * KC), kd, vd, label="DFT (PBE)").opts(color=COL["dft"], line_width=3)]
+        if np.isfinite(result.E_hk).any():
+            c.append(hv.Curve((x, (result.E_hk - e0) * KC), kd, vd, label="ML-HK").opts(color=COL["mlhk"], line_dash="dashed"))
+        if np.isfinite(result.E_ks).any():
+            c.append(hv.Curve((x, (result.E_ks - e0) * KC), kd, vd, label="ML-KS").opts(color=COL["mlks"], line_dash="dotted"))
+        tr = result.train
+        if len(tr):
+            c.append(hv.Scatter((x[tr], (result.E_dft[tr] - e0) * KC), kd, vd, label="training").opts(
+                color="black", size=7, marker="triangle"))
+        return hv.Overlay(c)
+
+    def cursor(result, molecule):
+        if result is None or not result.ordered:
+            return hv.VLine(0).opts(alpha=0)
+        return hv.VLine(float(result.x_values[molecule])).opts(color="red", line_width=2)
+
+    base = hv.DynamicMap(pn.bind(curves, state.param.result))
+    cur = hv.DynamicMap(pn.bind(cursor, state.param.result, state.param.molecule))
+    tap = hv.streams.Tap(source=base, x=None, y=None)
+
+    def on_tap(x, y):
+        r = state.result
+        if x is None or r is None or not r.ordered:
+            return
+        state.molecule = int(np.argmin(np.abs(r.x_values - x)))
+
+    tap.add_subscriber(on_tap)
+    plot = (base * cur).opts(hv.opts.Overlay(width=620, height=360, title="Energy along the trajectory (click to move "
+                                                                         "the frame cursor)", legend_position="top_right",
+                                             framewise=True))
+    frame = pn.widgets.IntSlider.from_param(state.param.molecule, name="Frame", css_classes=["w-frame"], width=620)
+    return pn.Column(pn.pane.HoloViews(plot, css_classes=["trajectory-plot"]), frame)
+
+
+# ------------------------------------------------------------------------------ export
+def _cube(state, which):
+    vd = state.view_data
+    if vd is None:
+        return io.BytesIO(b"")
+    m = vd.molecule
+    field = {"pred": m.pred, "dft": m.dft, "diff": m.diff}[which]
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "x.cube"
+        write_cube(p, field.astype(float), m.axes, m.numbers, m.atoms_bohr * Bohr,
+                   comment=f"mlhk-viz {which} density, molecule {m.index}")
+        return io.BytesIO(p.read_bytes())
+
+
+def _csv(frame_fn, state):
+    if state.result is None:
+        return io.StringIO("")
+    return io.StringIO(frame_fn(state.result).to_csv(index=False))
+
+
+def export_panel(state):
+    items = []
+    for which, label in (("pred", "ML-HK density"), ("dft", "DFT density"), ("diff", "difference (ML − DFT)")):
+        items.append(pn.widgets.FileDownload(callback=lambda w=which: _cube(state, w), filename=f"{which}.cube",
+                                             label=f"{label} (.cube)", css_classes=[f"w-cube-{which}"], width=260))
+
+    def name(*_):
+        vd = state.view_data
+        if vd is not None:
+            for w, it in zip(("pred", "dft", "diff"), items):
+                it.filename = f"molecule{vd.molecule.index}-{w}.cube"
+
+    state.param.watch(name, ["view_data"])
+    name()
+    csv = [
+        pn.widgets.FileDownload(callback=lambda: _csv(summary_frame, state), filename="summary.csv",
+                                label="Summary table (.csv)", css_classes=["w-csv-summary"], width=260),
+        pn.widgets.FileDownload(callback=lambda: _csv(per_molecule_frame, state), filename="test_errors.csv",
+                                label="Per-molecule errors (.csv)", css_classes=["w-csv-molecules"], width=260),
+        pn.widgets.FileDownload(callback=lambda: io.StringIO(pd.DataFrame(state.curve).to_csv(index=False)),
+                                filename="learning_curve.csv", label="Learning curve (.csv)", css_classes=["w-csv-curve"],
+                                width=260),
+    ]
+    return pn.Column("**Densities of the molecule shown** (fine grid around the molecules, e/bohr³, Gaussian cube)",
+                     *items, "**Tables**", *csv)
