@@ -32,7 +32,7 @@ def doc_dispatch(doc):
 
 def build_app(data_dir=None, model_dir=None, dataset=None, curve=True):
     """The whole app for one session (a Panel ``Row``); call ``.servable()`` on it."""
-    pn.extension(raw_css=[CSS], notifications=False)
+    pn.extension("vtk", raw_css=[CSS], notifications=False)
     doc = pn.state.curdoc
     dispatch = doc_dispatch(doc) if doc is not None and doc.session_context is not None else None
     state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve)

@@ -14,6 +14,8 @@ import os
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
+import time  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 ELEMENT_COLOURS = {1: (0.92, 0.92, 0.92), 6: (0.35, 0.35, 0.35), 7: (0.2, 0.3, 0.95), 8: (0.9, 0.1, 0.1)}
@@ -66,6 +68,21 @@ def atoms_mesh(numbers, positions_bohr):
     return out.triangulate()
 
 
+def camera_for(axes, normal, side, step, n_copies):
+    """(position, focal point, view up): looking along the plane normal, copies side by side on screen."""
+    lo = np.array([a[0] for a in axes])
+    hi = np.array([a[-1] for a in axes])
+    n = max(n_copies, 1) if np.any(step) else 1
+    hi = hi + step * (n - 1)
+    focal = (lo + hi) / 2
+    width = float(np.max(hi - lo)) * 0.6
+    pos = focal.copy()
+    pos[normal] -= width / (2 * np.tan(np.radians(15)))
+    up = np.zeros(3)
+    up[[d for d in range(3) if d not in (normal, side)][0]] = 1.0
+    return tuple(map(tuple, (pos, focal, up)))
+
+
 def shifted(mesh, offset):
     if mesh is None:
         return None
@@ -85,10 +102,10 @@ def build_meshes(mol, iso: float, diff_iso: float, show, layout: str, uncertaint
     axes = mol.axes
     ext = np.array([a[-1] - a[0] for a in axes])
     inplane = [d for d in range(3) if d != mol.normal]
-    side = min(inplane, key=lambda d: ext[d])
+    side = max(inplane, key=lambda d: ext[d])
     step = np.zeros(3)
-    step[side] = ext[side] * 0.85 if layout == "side by side" else 0.0
-    out: dict = {}
+    step[side] = ext[side] * 0.8 if layout == "side by side" else 0.0
+    out: dict = {"_camera": camera_for(axes, mol.normal, side, step, len([s for s in show if s in ("predicted", "DFT", "difference")]))}
     slot = 0
     atoms = atoms_mesh(mol.numbers, mol.atoms_bohr)
     if "predicted" in show:
@@ -166,26 +183,96 @@ class Scene:
     its camera.
     """
 
-    def __init__(self, height=460, css_classes=("view3d",), **pane_kw):
+    def __init__(self, height=460, width=640, css_classes=("view3d",), **pane_kw):
         import pyvista as pv
 
-        self.plotter = pv.Plotter(off_screen=True, notebook=False, window_size=(8, 8))
+        self.plotter = pv.Plotter(off_screen=True, notebook=False, window_size=(int(os.environ.get("MLHK_VIZ_WS", "8")),) * 2)
         self.plotter.set_background("white")
         self.plotter.enable_anti_aliasing = False
         self._names: set = set()
         self._first = True
+        self._camera = None
+        self._pending = None
+        self._scheduled = False
+        self._ready = False
+        self._doc = None
+        self._last = 0.0
+        self.updates = 0  # scene updates sent (for tests and the benchmark)
+        # vtk.js cannot start from an empty scene (no renderer to attach the camera to): keep a
+        # tiny transparent placeholder in it
+        import pyvista as pv
+
+        self.plotter.add_mesh(pv.Sphere(radius=1e-3), name="_placeholder", opacity=0.0, reset_camera=False, render=False)
         cls = mesh_pane_class()
-        self.pane = cls(self.plotter.ren_win, height=height, sizing_mode="stretch_width", orientation_widget=True,
+        self.pane = cls(self.plotter.ren_win, height=height, width=width, orientation_widget=True,
                         css_classes=list(css_classes), enable_keybindings=False, **pane_kw)
 
+    #: seconds between two scene updates sent to one browser: vtk.js rebuilds its render window on
+    #: each update and an update that arrives during a rebuild leaves it blank, so updates are
+    #: coalesced (the latest wins) and the first waits until the browser has drawn the page
+    GAP = 1.2
+    READY_TIMEOUT = 20.0
+
+    def _session_doc(self):
+        import panel as pn
+
+        doc = pn.state.curdoc
+        return doc if doc is not None and doc.session_context is not None else None
+
+    def _on_camera(self, *_):
+        if not self._ready:
+            self._ready = True
+            self._kick()
+
     def update(self, meshes: dict, uncertainty_range=None) -> None:
+        """Show ``meshes`` (name -> PolyData or None); coalesced and paced in a server session."""
+        self._pending = (meshes, uncertainty_range)
+        self._kick()
+
+    def _kick(self):
+        doc = self._session_doc()
+        if doc is None:
+            if self._pending is not None:
+                self._apply(*self._pending)
+                self._pending = None
+            return
+        if self._doc is None:
+            self._doc = doc
+            self.pane.param.watch(self._on_camera, "camera")
+            doc.add_timeout_callback(self._on_camera, int(self.READY_TIMEOUT * 1000))
+        if self._pending is None or self._scheduled or not self._ready:
+            return
+        wait = self._last + self.GAP - time.monotonic()
+        if wait <= 0:
+            self._flush()
+        else:
+            self._scheduled = True
+            doc.add_timeout_callback(self._timer, int(wait * 1000) + 1)
+
+    def _timer(self):
+        self._scheduled = False
+        self._flush()
+
+    def _flush(self):
+        from panel.io.state import set_curdoc
+
+        if self._pending is None:
+            return
+        meshes, rng = self._pending
+        self._pending = None
+        self._last = time.monotonic()
+        with set_curdoc(self._doc):
+            self._apply(meshes, rng)
+
+    def _apply(self, meshes: dict, uncertainty_range=None) -> None:
         pl = self.plotter
         for name in list(self._names):
             if meshes.get(name) is None:
                 pl.remove_actor(name, reset_camera=False, render=False)
                 self._names.discard(name)
+        camera = meshes.get("_camera")
         for name, mesh in meshes.items():
-            if mesh is None:
+            if mesh is None or name.startswith("_"):
                 continue
             kw = dict(name=name, reset_camera=False, render=False, smooth_shading=True)
             if name.startswith("atoms"):
@@ -198,7 +285,15 @@ class Scene:
             else:
                 pl.add_mesh(mesh, color=COLOURS[name], opacity=0.75, **kw)
             self._names.add(name)
-        if self._first and self._names:
-            pl.reset_camera()
+        if self._names and (self._first or (camera is not None and camera != self._camera)):
+            # a new layout (or the first picture): frame it; otherwise the browser keeps its camera
+            if camera is not None:
+                pl.camera_position = list(camera)
+                pos, focal, up = camera
+                self.pane.camera = {"position": list(pos), "focalPoint": list(focal), "viewUp": list(up), "viewAngle": 30.0}
+            else:
+                pl.reset_camera()
+            self._camera = camera
             self._first = False
         self.pane.synchronize()
+        self.updates += 1

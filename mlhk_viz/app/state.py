@@ -116,9 +116,7 @@ class AppState(param.Parameterized):
 
     def close(self) -> None:
         """Forget this session: its running tasks go stale and stop."""
-        for j in self.jobs.values():
-            j.cancel()
-        engine.forget(self.session)
+        engine.forget(self.session)  # running and queued tasks see they are stale and stop
         engine.listen(self.session, None)
 
     def wait(self, timeout: float = 300.0, jobs=("fit", "view")) -> bool:
@@ -147,7 +145,10 @@ class AppState(param.Parameterized):
         if job == "curve":
             return
         pct = int(100 * done / max(total, 1))
-        self._dispatch(lambda: self.param.update(stage=f"{job}: {stage} ({done}/{total})", progress=min(pct, 100)))
+        def upd():
+            if job in self._pending:
+                self.param.update(stage=f"{job}: {stage} ({done}/{total})", progress=min(pct, 100))
+        self._dispatch(upd)
 
     def _on_error(self, name):
         def handler(exc):

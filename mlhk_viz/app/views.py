@@ -21,6 +21,8 @@ from .scene import Scene
 from .state import HK, KS, SHOW
 
 hv.extension("bokeh", logo=False)
+hv.opts.defaults(hv.opts.Points(framewise=True), hv.opts.Scatter(framewise=True), hv.opts.Curve(framewise=True),
+                 hv.opts.Image(framewise=True), hv.opts.Spikes(framewise=True))
 
 KC = KCAL_PER_HARTREE
 COL = {"mlhk": "#e07b00", "mlks": "#3674b5", "dED": "#c4372b", "dEF": "#6a9f3b", "dft": "#222222"}
@@ -63,9 +65,9 @@ def controls(state) -> pn.Column:
                                                 css_classes=["w-spacing"])
     sig_auto = pn.widgets.Checkbox.from_param(p.sigma_auto, name="σ: auto by CV on the training set",
                                               css_classes=["w-sigma-auto"])
-    sig = pn.widgets.EditableFloatSlider.from_param(p.log_sigma, name="log₁₀ σ / median distance", css_classes=["w-sigma"])
+    sig = pn.widgets.EditableFloatSlider.from_param(p.log_sigma, name="log₁₀ σ / median distance", format="0.00", css_classes=["w-sigma"])
     lam_auto = pn.widgets.Checkbox.from_param(p.lam_auto, name="λ: auto by CV on the training set", css_classes=["w-lam-auto"])
-    lam = pn.widgets.EditableFloatSlider.from_param(p.log_lam, name="log₁₀ λ",
+    lam = pn.widgets.EditableFloatSlider.from_param(p.log_lam, name="log₁₀ λ", format="0.00",
                                                     css_classes=["w-lam"])
     m = pn.widgets.EditableIntSlider.from_param(p.m, name="Training size M", css_classes=["w-m"])
     chosen = pn.pane.HTML(pn.bind(_chosen_html, state.param.result, state.param.kind), css_classes=["hyper"],
@@ -148,8 +150,8 @@ def status_bar(state) -> pn.Row:
 
 
 # ------------------------------------------------------------------------------ 3D
-def view3d(state, height=460):
-    sc = Scene(height=height)
+def view3d(state, height=460, width=640):
+    sc = Scene(height=height, width=width)
 
     def upd(*_):
         vd = state.view_data
@@ -160,7 +162,7 @@ def view3d(state, height=460):
     upd()
     cap = pn.pane.HTML(pn.bind(_mol_caption, state.param.view_data, state.param.result), css_classes=["mol-caption"],
                        sizing_mode="stretch_width")
-    return pn.Column(sc.pane, cap, sizing_mode="stretch_width"), sc
+    return pn.Column(sc.pane, cap, width=width), sc
 
 
 def _mol_caption(vd, result):
@@ -182,7 +184,8 @@ def _mol_caption(vd, result):
 def slice_view(state):
     def img(view_data, slice_pos, slice_field):
         if view_data is None:
-            return hv.Image(np.zeros((2, 2))).opts(title="…")
+            kd = ["x (bohr)", "z (bohr)"]
+            return (hv.Image(np.zeros((2, 2)), kdims=kd, vdims=["value"]) * hv.Points([], kd)).opts(width=430, height=330)
         m = view_data.molecule
         n = m.normal
         a, b = [d for d in range(3) if d != n]
@@ -199,15 +202,16 @@ def slice_view(state):
             cmap, clim = ("viridis" if slice_field != "uncertainty" else "magma"), (0, float(plane.max()) or 1e-12)
         im = hv.Image(plane.T[::-1] if False else plane.T, bounds=bounds, kdims=[f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"],
                       vdims=["value"]).opts(cmap=cmap, clim=clim, colorbar=True, tools=["hover"],
-                                            title=f"{slice_field}, {AX[n]} = {ax[k]:.2f} bohr")
+                                            title=f"{slice_field}, {AX[n]} = {ax[k]:.2f} bohr", framewise=True,
+                                            data_aspect=1)
         at = hv.Points((m.atoms_bohr[:, a], m.atoms_bohr[:, b]), kdims=[f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"]).opts(
             color="white", line_color="black", size=8)
-        return (im * at).opts(width=430, height=330, data_aspect=1, toolbar="above")
+        return (im * at).opts(width=430, height=330, toolbar="above", framewise=True)
 
-    dm = hv.DynamicMap(pn.bind(img, state.param.view_data, state.param.slice_pos, state.param.slice_field))
+    dm = pn.bind(img, state.param.view_data, state.param.slice_pos, state.param.slice_field)
     pos = pn.widgets.FloatSlider.from_param(state.param.slice_pos, name="Slice position (bohr)", step=0.05, css_classes=["w-slice"])
     field = pn.widgets.RadioButtonGroup.from_param(state.param.slice_field, name="Field", css_classes=["w-slice-field"])
-    return pn.Column(pn.pane.HoloViews(dm, css_classes=["slice-plot"]), field, pos, width=450)
+    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["slice-plot"]), field, pos, width=450)
 
 
 # ------------------------------------------------------------------------------ error plots
@@ -246,16 +250,17 @@ def parity_plot(state):
 
     def diag(result):
         if result is None:
-            return hv.Curve([])
+            return hv.Curve([], "E DFT (kcal/mol)", "E ML (kcal/mol)")
         e = (result.E_dft[result.test] - _rel(result)) * KC
-        return hv.Curve([(e.min(), e.min()), (e.max(), e.max())]).opts(color="grey", line_dash="dashed")
+        return hv.Curve([(e.min(), e.min()), (e.max(), e.max())], "E DFT (kcal/mol)", "E ML (kcal/mol)").opts(
+            color="grey", line_dash="dashed")
 
     d = hv.DynamicMap(pn.bind(diag, state.param.result))
     _select_from(state, hk, lambda r, i: r.test[i])
     _select_from(state, ks, lambda r, i: r.test[i])
     plot = (d * ks * hk).opts(hv.opts.Overlay(title="Parity, test set (click a point)", width=420, height=340,
                                               legend_position="top_left", framewise=True))
-    return pn.pane.HoloViews(plot, css_classes=["parity-plot"])
+    return pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["parity-plot"])
 
 
 def decomposition_plot(state):
@@ -273,7 +278,7 @@ def decomposition_plot(state):
 
     def total(result):
         if result is None or not np.isfinite(result.E_hk_at_dft).any():
-            return hv.Spikes([])
+            return hv.Spikes([], result.x_label if result is not None else "x", "kcal/mol")
         x = result.x_values[result.test]
         return hv.Spikes((x, result.errors["mlhk_dE"]), result.x_label, "kcal/mol", label="ΔE (ML-HK)").opts(
             color="grey", line_width=2, alpha=0.6)
@@ -285,7 +290,7 @@ def decomposition_plot(state):
     _select_from(state, b, lambda r, i: r.test[i])
     plot = (s * a * b).opts(hv.opts.Overlay(title="ΔE = ΔE_F + ΔE_D per test molecule", width=420, height=340,
                                             legend_position="top_left", framewise=True))
-    return pn.pane.HoloViews(plot, css_classes=["decomposition-plot"])
+    return pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["decomposition-plot"])
 
 
 def density_error_plot(state):
@@ -301,7 +306,7 @@ def density_error_plot(state):
 
     dm = hv.DynamicMap(pn.bind(pts, state.param.result))
     _select_from(state, dm, lambda r, i: r.test[i])
-    return pn.pane.HoloViews(dm, css_classes=["density-error-plot"])
+    return pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["density-error-plot"])
 
 
 def paper_key(result):
@@ -370,13 +375,13 @@ def learning_curve(state):
         return hv.Overlay(layers).opts(logx=True, logy=True, width=560, height=360, title=title,
                                        legend_position="bottom_left", show_grid=True)
 
-    return pn.pane.HoloViews(pn.bind(plot, state.param.curve, state.param.result), css_classes=["learning-curve"])
+    return pn.pane.HoloViews(linked_axes=False, object=pn.bind(plot, state.param.curve, state.param.result), css_classes=["learning-curve"])
 
 
 def trajectory_plot(state):
     def curves(result):
         if result is None or not result.ordered:
-            return hv.Curve([]).opts(title="Not a trajectory: this data set is unordered")
+            return hv.Overlay([hv.Curve([], "x", "E (kcal/mol, rel.)", label="not a trajectory: this data set is unordered")])
         x, e0 = result.x_values, _rel(result)
         kd, vd = result.x_label, "E (kcal/mol, rel.)"
         c = [hv.Curve((x, (result.E_dft - e0) * KC), kd, vd, label="DFT (PBE)").opts(color=COL["dft"], line_width=3)]
@@ -392,8 +397,9 @@ def trajectory_plot(state):
 
     def cursor(result, molecule):
         if result is None or not result.ordered:
-            return hv.VLine(0).opts(alpha=0)
-        return hv.VLine(float(result.x_values[molecule])).opts(color="red", line_width=2)
+            return hv.VLine(0, kdims=["x", "E (kcal/mol, rel.)"]).opts(alpha=0)
+        return hv.VLine(float(result.x_values[molecule]), kdims=[result.x_label, "E (kcal/mol, rel.)"]).opts(
+            color="red", line_width=2)
 
     base = hv.DynamicMap(pn.bind(curves, state.param.result))
     cur = hv.DynamicMap(pn.bind(cursor, state.param.result, state.param.molecule))
@@ -410,7 +416,7 @@ def trajectory_plot(state):
                                                                          "the frame cursor)", legend_position="top_right",
                                              framewise=True))
     frame = pn.widgets.IntSlider.from_param(state.param.molecule, name="Frame", css_classes=["w-frame"], width=620)
-    return pn.Column(pn.pane.HoloViews(plot, css_classes=["trajectory-plot"]), frame)
+    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["trajectory-plot"]), frame)
 
 
 # ------------------------------------------------------------------------------ export
