@@ -457,15 +457,29 @@ def fit(k: FitKnobs, progress=null_progress) -> FitResult:
     bt = dm.b[entry.test]
     l2 = np.sqrt(np.maximum(self_x[entry.test] - 2 * np.einsum("ij,ij->i", bt, gr.H) + gr.nt, 0.0))
     # ML-KS, straight from the potential
-    ks = _choose(dist.D_tr, y, dist.median, k.ks_sigma, k.ks_lam, progress, "energy CV (ML-KS)")
-    km = KernelRidgeModel().fit(dist.D_tr, y[:, None], ks.sigma, ks.lam)
-    E_ks = km.predict(dist.D_all)[:, 0]
+    ks, E_ks = ml_ks(k, progress)
     progress(1, 1, "predict")
     t3 = time.perf_counter()
     res = FitResult(k, entry.name, train, entry.test, dm.choice, energy, ks, E.copy(), E_hk, E_ks, E_hk_dft, l2,
                     dm.var, entry.x_label, entry.x_values, entry.ds.ordered,
                     {"descriptor": t1 - t0, "density model": t2 - t1, "energies": t3 - t2})
     return cache.MODELS.put(key, res)
+
+
+def ml_ks(k: FitKnobs, progress=null_progress):
+    """ML-KS for the knobs: (Choice, energies (n,) Hartree of every molecule). Cached per (distances, sigma, lambda)."""
+    entry = load_entry(k.dataset)
+    train = selection(entry, k.m, k.seed)
+    dist = distances(entry, train, k.gamma, k.spacing)
+    y = entry.ds.energies[train]
+    ks = cache.MODELS.get_or_compute(("ks-choice", dist.key, k.ks_sigma, k.ks_lam), lambda: _choose(
+        dist.D_tr, y, dist.median, k.ks_sigma, k.ks_lam, progress, "energy CV (ML-KS)"))
+
+    def build():
+        km = KernelRidgeModel().fit(dist.D_tr, y[:, None], ks.sigma, ks.lam)
+        return km.predict(dist.D_all)[:, 0]
+
+    return ks, cache.MODELS.get_or_compute(("ks-model", dist.key, ks.sigma, ks.lam), build)
 
 
 # ------------------------------------------------------------------------------ view grids
