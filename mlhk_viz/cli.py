@@ -14,6 +14,10 @@ def _cmd_generate(args) -> int:
     from .reference import geometries
     from .reference.generate import generate
 
+    if args.molecule == "md":
+        return _cmd_generate_md(args)
+    if args.molecule == "pbe":
+        return _cmd_generate_pbe(args)
     if args.molecule not in geometries.SETS:
         print(f"mlhk-viz generate: unknown set {args.molecule!r}; choose from {sorted(geometries.SETS)}", file=sys.stderr)
         return 2
@@ -25,6 +29,43 @@ def _cmd_generate(args) -> int:
     generate(args.molecule.upper(), out, numbers, pos, chunk_size=args.chunk_size,
              scheduler=args.scheduler, n_workers=args.workers, ordered=args.molecule == "h2",
              description=desc[args.molecule], progress=bar)
+    bar.close()
+    return 0
+
+
+def _cmd_generate_md(args) -> int:
+    from .progress import TqdmProgress
+    from .reference.md import KINDS, MOLECULES, generate_md
+
+    if args.target not in MOLECULES:
+        print(f"mlhk-viz generate md: unknown molecule {args.target!r}; choose from {list(MOLECULES)}", file=sys.stderr)
+        return 2
+    if args.kind not in KINDS:
+        print(f"mlhk-viz generate md: --kind must be one of {list(KINDS)}", file=sys.stderr)
+        return 2
+    bar = TqdmProgress()
+    path = generate_md(args.target, args.temperature, Path(args.out or DATA_DIR / "md"), kind=args.kind, progress=bar)
+    bar.close()
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_generate_pbe(args) -> int:
+    from .progress import TqdmProgress
+    from .reference.generate import generate
+    from .reference.md import MOLECULES
+    from .reference.md_sets import SETS, frames, set_path
+
+    if args.target not in MOLECULES or args.set not in SETS:
+        print(f"mlhk-viz generate pbe: usage MOLECULE SET with MOLECULE in {list(MOLECULES)} and SET in {list(SETS)}",
+              file=sys.stderr)
+        return 2
+    numbers, pos, info = frames(args.target, args.set, DATA_DIR / "md")
+    out = Path(args.out or set_path(args.target, args.set, DATA_DIR))
+    bar = TqdmProgress()
+    generate(f"{args.target}-{args.set}", out, numbers, pos, chunk_size=args.chunk_size, scheduler=args.scheduler,
+             n_workers=args.workers, ordered=args.set == "trace",
+             description=f"PBE for {args.target} MD snapshots, set {args.set} ({info['source']})", progress=bar)
     bar.close()
     return 0
 
@@ -76,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="compute PBE reference data (resumable, Dask-parallel)")
-    g.add_argument("molecule", help="h2 or h2o")
+    g.add_argument("molecule", help="h2, h2o, md (classical MD snapshots) or pbe (PBE for an MD set)")
+    g.add_argument("target", nargs="?", help="with md/pbe: benzene, ethane or malonaldehyde")
+    g.add_argument("set", nargs="?", help="with pbe: test, train300, train300+350, train300+400 or trace")
+    g.add_argument("--temperature", type=float, default=300.0, help="with md: temperature in K")
+    g.add_argument("--kind", default="pool", help="with md: pool, test or trace")
     g.add_argument("--out", help="output file (default data/<molecule>.npz)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
     g.add_argument("--workers", type=int, default=2, help="local single-threaded workers (default 2)")

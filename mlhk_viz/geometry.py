@@ -57,21 +57,25 @@ def align(positions, reference, weights=None) -> np.ndarray:
     return out
 
 
-def kmeans_select(features, m: int, seed: int = 0, candidates=None) -> np.ndarray:
+def kmeans_select(features, m: int, seed: int = 0, candidates=None, n_init: int | None = None) -> np.ndarray:
     """Pick ``m`` training points spread evenly over feature space.
 
     Runs scikit-learn's KMeans with ``m`` clusters on ``features[candidates]`` and returns, for
     each centre, the index (into ``features``) of the nearest real point, distinct across centres
     (a centre whose nearest point is taken gets its next nearest). Deterministic for a seed.
 
-    features : ``(n, d)`` (e.g. flattened aligned positions, Å); candidates : indices allowed.
+    features : ``(n, d)`` (e.g. flattened aligned positions, Å); candidates : indices allowed;
+    n_init : K-means restarts (default 10, or 1 for m > 200, where restarts cost minutes and
+    barely move the centres).
     returns : ``(m,)`` int indices into ``features``, sorted.
     """
     x = np.asarray(features, dtype=float).reshape(len(features), -1)
     cand = np.arange(len(x)) if candidates is None else np.asarray(candidates, int)
     if not 1 <= m <= len(cand):
         raise ValueError(f"kmeans_select: m must be between 1 and {len(cand)} (the candidates), got {m}")
-    km = KMeans(n_clusters=m, n_init=10, random_state=seed).fit(x[cand])
+    if n_init is None:
+        n_init = 10 if m <= 200 else 1
+    km = KMeans(n_clusters=m, n_init=n_init, random_state=seed).fit(x[cand])
     d2 = ((km.cluster_centers_[:, None, :] - x[cand][None, :, :]) ** 2).sum(-1)  # (m, n_cand)
     chosen: list[int] = []
     taken = np.zeros(len(cand), bool)

@@ -1,0 +1,109 @@
+"""PBE data sets for MD snapshots: which frames, in which order, and partial sets.
+
+The paper's sizes (2000 training snapshots per pool combination, 200 test) take hours of PBE
+per molecule on two cores, so the work spans sessions. Each set is defined once and
+deterministically from the committed classical trajectories (``data/md/``):
+
+- ``test``: 200 random frames of the independent 300 K trajectory;
+- ``train300``, ``train300+350``, ``train300+400``: 2000 frames chosen by K-means (inverse
+  interatomic distances, as for H2/H2O) from the 300 K pool or the union of two pools, then put
+  in a seeded random order so that any prefix is itself an evenly spread training set;
+- ``trace``: every 5th frame (50 fs) of the 20 ps 300 K trajectory.
+
+Generation writes chunks as for H2/H2O (``reference.generate``); :func:`load_partial` turns the
+chunks finished so far into a usable :class:`~mlhk_viz.datasets.Dataset`, so learning curves can
+be drawn at the largest M that exists.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import Dataset
+from ..geometry import kmeans_select
+from .generate import CHUNK_FORMAT, parts_dir
+from .md import load_trajectory
+from .pyscf_runner import DEFAULT_METHOD
+
+SETS = ("test", "train300", "train300+350", "train300+400", "trace")
+N_TEST, N_TRAIN, TRACE_STRIDE = 200, 2000, 5
+
+
+def inverse_distances(positions) -> np.ndarray:
+    """All inverse interatomic distances ``(n, n_pairs)`` 1/Å."""
+    p = np.asarray(positions, float)
+    i, j = np.triu_indices(p.shape[1], k=1)
+    return 1.0 / np.linalg.norm(p[:, i] - p[:, j], axis=-1)
+
+
+def frames(molecule: str, which: str, md_dir) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The geometries of one set in generation order: ``(numbers, positions (n, n_atoms, 3) Å, info)``."""
+    md_dir = Path(md_dir)
+    if which not in SETS:
+        raise ValueError(f"set must be one of {SETS}, got {which!r}")
+    rng = np.random.default_rng(zlib.crc32(f"{molecule}/{which}".encode()))
+    if which == "test":
+        t = load_trajectory(md_dir / f"{molecule}-test-300K.npz")
+        idx = np.sort(rng.choice(len(t["positions"]), N_TEST, replace=False))
+        return t["numbers"], t["positions"][idx], {"source": "test-300K", "frames": idx.tolist()}
+    if which == "trace":
+        t = load_trajectory(md_dir / f"{molecule}-trace-300K.npz")
+        idx = np.arange(0, len(t["positions"]), TRACE_STRIDE)
+        return t["numbers"], t["positions"][idx], {"source": "trace-300K", "frames": idx.tolist(),
+                                                   "times_fs": t["times_fs"][idx].tolist()}
+    temps = [300] + ([int(which.split("+")[1])] if "+" in which else [])
+    trajs = [load_trajectory(md_dir / f"{molecule}-pool-{T}K.npz") for T in temps]
+    pos = np.concatenate([t["positions"] for t in trajs])
+    src = np.concatenate([np.full(len(t["positions"]), T) for t, T in zip(trajs, temps)])
+    sel = md_dir / f"{molecule}-{which}-selection.json"
+    if sel.is_file():  # K-means with 2000 centres takes minutes: computed once, committed
+        pick = np.array(json.loads(sel.read_text())["pool_index"], int)
+    else:
+        pick = kmeans_select(inverse_distances(pos), min(N_TRAIN, len(pos)), seed=0)
+        pick = rng.permutation(pick)  # any prefix is a spread-out subset
+        sel.write_text(json.dumps({"molecule": molecule, "set": which, "pools_K": temps,
+                                   "pool_index": pick.tolist()}))
+    return trajs[0]["numbers"], pos[pick], {"source": f"pools {temps}", "pool_index": pick.tolist(),
+                                            "pool_temperature": src[pick].tolist()}
+
+
+def set_path(molecule: str, which: str, data_dir) -> Path:
+    return Path(data_dir) / f"{molecule}-{which}.npz"
+
+
+def load_partial(molecule: str, which: str, data_dir, md_dir, method: dict = DEFAULT_METHOD) -> Dataset | None:
+    """The finished part of a set: its complete file if it exists, else the finished chunks, else None."""
+    from ..datasets import DatasetError, load_npz
+
+    out = set_path(molecule, which, data_dir)
+    if out.is_file():
+        return Dataset.load(out)
+    numbers, pos, info = frames(molecule, which, md_dir)
+    parts = parts_dir(out, numbers, pos, method)
+    rows, index = [], []
+    for f in sorted(parts.glob("chunk-*.npz")):
+        try:
+            arrays, meta = load_npz(f, kind=CHUNK_FORMAT)
+        except DatasetError:
+            continue
+        s, e = meta["bounds"]
+        rows.append(arrays)
+        index.append(np.arange(s, e))
+    if not rows:
+        return None
+    idx = np.concatenate(index)
+    cat = lambda k: np.concatenate([r[k] for r in rows])  # noqa: E731
+    import pyscf
+
+    meta = {"density_store": "mo", "box_bohr": 20.0, "basis_per_axis": 50, "ordered": which == "trace",
+            "description": f"{molecule} {which}: {len(idx)} of {len(pos)} frames (partial)",
+            "method": dict(method, pyscf_version=pyscf.__version__), "frames": idx.tolist()}
+    order = np.argsort(idx)
+    return Dataset(name=f"{molecule}-{which}", numbers=np.asarray(numbers), positions=pos[idx][order],
+                   energies=cat("energies")[order], converged=cat("converged").astype(bool)[order],
+                   truncation_error=cat("truncation_error")[order], meta=meta,
+                   mo_coeff=cat("mo_coeff")[order], mo_occ=cat("mo_occ")[order])
