@@ -366,8 +366,12 @@ class AppState(param.Parameterized):
 
     def _apply_save(self, path):
         self._finish("save")
-        self.saved_path = path
         self.refresh_lists()
+        p = str(Path(path).resolve())
+        if p not in self.param.model_file.objects:
+            self.param.model_file.objects = list(self.param.model_file.objects) + [p]
+            self._model_labels[p] = Path(p).name
+        self.saved_path = path
         self.status = f"saved {path}"
 
     # -- convenience for views and tests ----------------------------------------------------------------
