@@ -100,17 +100,16 @@ def kabsch(positions, reference, weights) -> tuple[np.ndarray, np.ndarray, np.nd
     """
     p = np.asarray(positions, float)
     w = np.asarray(weights, float)
-    W = w.sum()
+    wn = w / w.sum()
     ref = np.asarray(reference, float)
-    ref = ref - (w @ ref) / W
-    pc = p - np.einsum("a,nad->nd", w, p)[:, None, :] / W
-    H = np.einsum("a,ai,naj->nij", w, ref, pc)  # sum_a w_a r_a p_a^T
+    ref = ref - wn @ ref
+    pc = p - np.matmul(wn, p)[:, None, :]
+    H = np.matmul((ref * w[:, None]).T, pc)  # (n, 3, 3): sum_a w_a r_a p_a^T
     U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(U @ Vt))
-    d[d == 0] = 1.0
-    U[:, :, 2] *= d[:, None]
-    R = U @ Vt
-    return np.einsum("naj,nij->nai", pc, R), R, ref
+    d = np.linalg.det(U) * np.linalg.det(Vt)  # +-1
+    U[:, :, 2] *= np.where(d < 0, -1.0, 1.0)[:, None]
+    R = np.matmul(U, Vt)
+    return np.matmul(pc, R.transpose(0, 2, 1)), R, ref
 
 
 def align_vjp(aligned, R, ref_centred, weights, grad_aligned, rcond: float = 1e-10) -> np.ndarray:
@@ -118,14 +117,18 @@ def align_vjp(aligned, R, ref_centred, weights, grad_aligned, rcond: float = 1e-
 
     aligned ``(A, 3)`` = ``y``, R ``(3, 3)``, ref_centred ``(A, 3)``, weights ``(A,)``,
     grad_aligned ``(A, 3)`` = ``df/dy``. Returns ``dE/dx`` ``(A, 3)`` (see the module docstring).
+    ``A`` is inverted on its eigenvalues above ``rcond`` times the largest (a pseudo-inverse:
+    for a linear molecule the rotation about the axis is undetermined and ``tau`` has no
+    component along it).
     """
     y, G, r = aligned, np.asarray(grad_aligned, float), ref_centred
     w = np.asarray(weights, float)
     tau = _cross(y, G).sum(axis=0)
-    Mt = np.einsum("a,ai,aj->ij", w, y, r)
+    Mt = (y * w[:, None]).T @ r
     A = Mt - np.trace(Mt) * np.eye(3)
-    A = 0.5 * (A + A.T)  # symmetric at the optimum; remove round-off
-    lam = np.linalg.lstsq(A, tau, rcond=rcond)[0]
+    ev, V = np.linalg.eigh(0.5 * (A + A.T))  # symmetric at the optimum; remove round-off
+    keep = np.abs(ev) > rcond * np.abs(ev).max()
+    lam = V[:, keep] @ ((V[:, keep].T @ tau) / ev[keep])
     z = (G + w[:, None] * _cross(lam, r)) @ R
     return z - np.outer(w / w.sum(), z.sum(axis=0))
 
@@ -139,44 +142,56 @@ def _factors(pos_flat: np.ndarray, gamma: float, axes) -> list[np.ndarray]:
     return [np.exp(-c * (ax[None, :] - pos_flat[:, d, None]) ** 2) for d, ax in enumerate(axes)]
 
 
-class _DescriptorPass:
-    """Squared grid distances of a batch to the training set, keeping what the gradient reuses."""
+def _charged(train_factors, numbers, n_train):
+    """Training factors with the charges ``Z_b`` on the x axis."""
+    return (train_factors[0] * np.tile(numbers, n_train)[:, None], train_factors[1], train_factors[2])
 
-    def __init__(self, y, train_factors, train_norms, numbers, gamma, axes):
+
+class _DescriptorPass:
+    """Squared grid distances of a batch to the training set, keeping what the gradient reuses.
+
+    The x-axis factors carry the charges (``Z_a`` on query rows, ``Z_b`` on training rows), so
+    every product of one x factor with a y and a z factor already includes ``Z_a Z_b``.
+    """
+
+    def __init__(self, y, charged_train_factors, train_norms, numbers, gamma, axes):
         self.y = y = np.asarray(y, float)
         n, A, _ = y.shape
-        self.z = z = np.asarray(numbers, float)
-        self.M = M = len(train_norms)
-        self.gamma, self.axes, self.train_factors = gamma, axes, train_factors
-        self.Q = Q = _factors(y.reshape(n * A, 3), gamma, axes)  # per axis (n*A, n_axis)
-        self.S3 = S3 = [(q @ t.T).reshape(n, A, M, A) for q, t in zip(Q, train_factors)]
-        zz = z[None, :, None, None] * z[None, None, None, :]
-        inner = (S3[0] * S3[1] * S3[2] * zz).sum(axis=(1, 3))  # (n, M) = <v, v_i>
+        z = np.asarray(numbers, float)
+        M = len(train_norms)
+        self.M, self.gamma, self.axes = M, gamma, axes
+        self.tf = tf = charged_train_factors  # (T_x * Z_b, T_y, T_z), rows (M * A)
+        Q = _factors(y.reshape(n * A, 3), gamma, axes)
+        Q[0] = Q[0] * np.tile(z, n)[:, None]
+        self.Q = Q  # per axis (n*A, n_axis); x carries Z_a
+        self.S = S = [(q @ t.T).reshape(n, A, M, A) for q, t in zip(Q, tf)]  # x carries Z_a Z_b
+        inner = (S[0] * S[1] * S[2]).sum(axis=3).sum(axis=1)  # (n, M) = <v, v_i>
         self.Qm = Qm = [q.reshape(n, A, -1) for q in Q]
-        self.Ss = Ss = [np.matmul(q, q.transpose(0, 2, 1)) for q in Qm]  # (n, A, A)
-        norm_v = (Ss[0] * Ss[1] * Ss[2] * np.outer(z, z)[None]).sum(axis=(1, 2))
+        self.Ss = Ss = [np.matmul(q, q.transpose(0, 2, 1)) for q in Qm]  # (n, A, A); x carries Z Z
+        norm_v = (Ss[0] * Ss[1] * Ss[2]).sum(axis=2).sum(axis=1)
         D = norm_v[:, None] + np.asarray(train_norms)[None, :] - 2.0 * inner
         self.D = np.maximum(D, 0.0, out=D)
 
     def gradient(self, weights) -> np.ndarray:
         """``sum_i weights[k, i] dD_ki / dy_k`` ``(n, A, 3)`` (Z²/Å) for ``weights`` ``(n, M)``."""
-        y, z, S3, Ss, Q, Qm = self.y, self.z, self.S3, self.Ss, self.Q, self.Qm
+        y, S, Ss, Q, Qm, M = self.y, self.S, self.Ss, self.Q, self.Qm, self.M
         n, A, _ = y.shape
-        wt = np.asarray(weights, float).reshape(n, self.M)
+        wt = np.asarray(weights, float).reshape(n, M, 1)
         inv_g2 = 1.0 / (self.gamma * self.gamma)
-        wsum = wt.sum(axis=1)
+        wsum = wt.sum(axis=1)  # (n, 1)
         grad = np.empty((n, A, 3))
         flat = y.reshape(n * A, 3)
         for d, ax in enumerate(self.axes):
             o1, o2 = [e for e in range(3) if e != d]
-            dq = Q[d] * ((ax[None, :] - flat[:, d, None]) * inv_g2)  # d phi_a(t) / d y_ad
-            # d<v, v_i>/dy_ad / Z_a = sum_b Z_b S'_d(a, (i, b)) S_o1 S_o2, contracted with w_i
-            Sp = (dq @ self.train_factors[d].T).reshape(n, A, self.M, A)
-            t_cross = np.einsum("naib,naib,ni->na", Sp, S3[o1] * S3[o2] * z[None, None, None, :], wt)
-            # d||v||^2/dy_ad / Z_a = 2 sum_a' Z_a' S'_d(a, a') S_o1(a, a') S_o2(a, a')
+            # d phi_a(t) / d y_ad = phi_a(t) (t - y_ad) / gamma^2 (times Z_a on x)
+            dq = Q[d] * ((ax[None, :] - flat[:, d, None]) * inv_g2)
+            # d<v, v_i>/dy_ad = sum_b S'_d(a, (i, b)) S_o1 S_o2 (charges included), contracted with w_i
+            Sp = (dq @ self.tf[d].T).reshape(n, A, M, A)
+            t_cross = np.matmul((Sp * S[o1] * S[o2]).sum(axis=3), wt)[:, :, 0]  # (n, A)
+            # d||v||^2/dy_ad = 2 sum_a' S'_d(a, a') S_o1(a, a') S_o2(a, a')
             Spself = np.matmul(dq.reshape(n, A, -1), Qm[d].transpose(0, 2, 1))
-            t_self = 2.0 * (Spself * Ss[o1] * Ss[o2] * z[None, None, :]).sum(axis=2)
-            grad[:, :, d] = z[None, :] * (wsum[:, None] * t_self - 2.0 * t_cross)
+            t_self = 2.0 * (Spself * Ss[o1] * Ss[o2]).sum(axis=2)
+            grad[:, :, d] = wsum * t_self - 2.0 * t_cross
         return grad
 
 
@@ -192,7 +207,9 @@ def sq_distances_and_gradient(positions, train_factors, train_norms, numbers, ga
     ``sum_i weights[k, i] dD_ki / dy_k`` ``(n, A, 3)`` in Z²/Å: the contraction the chain rule
     needs, so no ``(n, M, A, 3)`` array is formed. Cost ``O(n A^2 M n_axis)``.
     """
-    p = _DescriptorPass(positions, train_factors, train_norms, numbers, gamma, axes)
+    z = np.asarray(numbers, float)
+    tf = _charged(train_factors, z, len(train_norms))
+    p = _DescriptorPass(positions, tf, train_norms, numbers, gamma, axes)
     return p.D if weights is None else (p.D, p.gradient(weights))
 
 
@@ -255,6 +272,7 @@ class MLHKForceField:
         X = np.asarray(model.X_fit_, float)
         self.n_train = len(X)
         self.train_factors = _factors(X.reshape(-1, 3), self.gamma, self.axes)
+        self._charged_factors = _charged(self.train_factors, self.numbers.astype(float), len(X))
         self.train_norms = self_sq_norms(X, self.numbers, self.gamma, self.axes)
         self.reference = None if model.reference_ is None else np.asarray(model.reference_, float)
         self.weights = atomic_masses[self.numbers]
@@ -341,13 +359,13 @@ class MLHKForceField:
             for k, g in zip(ks, self.groups):
                 c = k @ g.proj  # (n, r)
                 dlt = c[:, None, :] + g.shift[None, :, :]  # (n, M_E, r) = W^T (u - F_j)
-                DF += np.einsum("njr,njr->nj", dlt, dlt)
+                DF += (dlt * dlt).sum(axis=2)
                 diffs.append(dlt)
             KE = np.exp(DF * (-0.5 / s2))
             E = KE @ self.e_alpha + self.e_offset
             sv = KE * self.e_alpha[None, :] / s2  # (n, M_E)
             # B_g[i] . dE/du = proj_i . W^T gvec, W^T gvec = -sum_j sv_j W^T (u - F_j)
-            cs = [-np.einsum("nj,njr,ir->ni", sv, dlt, g.proj) for g, dlt in zip(self.groups, diffs)]
+            cs = [-np.matmul(sv[:, None, :], dlt)[:, 0, :] @ g.proj.T for g, dlt in zip(self.groups, diffs)]
         else:
             u = np.tile(self.offset, (n, 1))
             for k, g in zip(ks, self.groups):
@@ -369,13 +387,13 @@ class MLHKForceField:
     def energies(self, positions) -> np.ndarray:
         """ML energies ``(n,)`` Hartree of a batch ``(n, A, 3)`` Å (equal to ``model.predict``)."""
         y, _, _ = self.model_frame(positions)
-        D = sq_distances_and_gradient(y, self.train_factors, self.train_norms, self.numbers, self.gamma, self.axes)
+        D = _DescriptorPass(y, self._charged_factors, self.train_norms, self.numbers, self.gamma, self.axes).D
         return self._energy_terms(self._kernels(D))[0]
 
     def frame_energy_and_gradient(self, y) -> tuple[np.ndarray, np.ndarray]:
         """``f`` and ``df/dy`` for positions ``y`` ``(n, A, 3)`` already in the model frame (no alignment)."""
         y = self._positions(y)
-        dp = _DescriptorPass(y, self.train_factors, self.train_norms, self.numbers, self.gamma, self.axes)
+        dp = _DescriptorPass(y, self._charged_factors, self.train_norms, self.numbers, self.gamma, self.axes)
         E, w = self._energy_terms(self._kernels(dp.D))
         return E, dp.gradient(w)
 
