@@ -75,7 +75,7 @@ def camera_for(axes, normal, side, step, n_copies):
     n = max(n_copies, 1) if np.any(step) else 1
     hi = hi + step * (n - 1)
     focal = (lo + hi) / 2
-    width = float(np.max(hi - lo)) * 0.45
+    width = float(np.max(hi - lo)) * 0.55
     pos = focal.copy()
     pos[normal] -= width / (2 * np.tan(np.radians(15)))
     up = np.zeros(3)

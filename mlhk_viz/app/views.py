@@ -126,7 +126,8 @@ def _chosen_html(result, kind):
             how.append("σ by CV")
         if ch.by_cv[1]:
             how.append("λ by CV")
-        rows.append(f"<tr><td>{label}</td><td class='sigma'>{_fmt(ch.sigma)}</td><td class='lam'>{_fmt(ch.lam)}</td>"
+        rows.append(f"<tr><td>{label}</td><td class='sigma' data-value='{ch.sigma!r}'>{_fmt(ch.sigma)}</td>"
+                    f"<td class='lam' data-value='{ch.lam!r}'>{_fmt(ch.lam)}</td>"
                     f"<td>{', '.join(how) or 'set by hand'}</td></tr>")
     return ("<table class='hyper-table' style='font-size:12px'><tr><th></th><th>σ</th><th>λ</th><th></th></tr>"
             + "".join(rows) + "</table>")
@@ -245,8 +246,9 @@ def parity_plot(state):
                          .replace("ML-HK", "ML-HK").replace("ML-KS", "ML-KS")).opts(
             color=COL[which], size=7, tools=["tap", "hover"], nonselection_alpha=0.5, selection_color="black")
 
-    hk = hv.DynamicMap(pn.bind(pts, state.param.result, "mlhk"))
-    ks = hv.DynamicMap(pn.bind(pts, state.param.result, "mlks"))
+    sel = dict(tools=["tap", "hover"], nonselection_alpha=0.5)
+    hk = hv.DynamicMap(pn.bind(pts, state.param.result, "mlhk")).opts(color=COL["mlhk"], size=7, **sel)
+    ks = hv.DynamicMap(pn.bind(pts, state.param.result, "mlks")).opts(color=COL["mlks"], size=7, **sel)
 
     def diag(result):
         if result is None:
@@ -283,8 +285,9 @@ def decomposition_plot(state):
         return hv.Spikes((x, result.errors["mlhk_dE"]), result.x_label, "kcal/mol", label="ΔE (ML-HK)").opts(
             color="grey", line_width=2, alpha=0.6)
 
-    a = hv.DynamicMap(pn.bind(pts, state.param.result, "dED"))
-    b = hv.DynamicMap(pn.bind(pts, state.param.result, "dEF"))
+    sel = dict(tools=["tap", "hover"], nonselection_alpha=0.5, size=6)
+    a = hv.DynamicMap(pn.bind(pts, state.param.result, "dED")).opts(color=COL["dED"], **sel)
+    b = hv.DynamicMap(pn.bind(pts, state.param.result, "dEF")).opts(color=COL["dEF"], **sel)
     s = hv.DynamicMap(pn.bind(total, state.param.result))
     _select_from(state, a, lambda r, i: r.test[i])
     _select_from(state, b, lambda r, i: r.test[i])
@@ -304,7 +307,7 @@ def density_error_plot(state):
             color=COL["mlhk"], size=6, tools=["tap", "hover"], logy=True, framewise=True,
             title="Density error per test molecule (click a point)", width=420, height=300)
 
-    dm = hv.DynamicMap(pn.bind(pts, state.param.result))
+    dm = hv.DynamicMap(pn.bind(pts, state.param.result)).opts(tools=["tap", "hover"], nonselection_alpha=0.5)
     _select_from(state, dm, lambda r, i: r.test[i])
     return pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["density-error-plot"])
 
@@ -345,9 +348,15 @@ def summary_table(state):
                 (key, len(result.train)) in TABLE1 else
                 "The paper lists H2 at M = 5, 7, 10 and H2O at M = 5, 10, 15, 20." if key else "")
         body = "".join(
-            f"<tr><td>{r.quantity}</td><td class='mae'>{_fmt(r['MAE'])}</td><td class='max'>{_fmt(r['max'])}</td>"
-            f"<td>{_fmt(r['paper MAE'])}</td><td>{_fmt(r['paper max'])}</td></tr>" for _, r in df.iterrows())
-        return (f"<b>Test errors, kcal/mol ({len(result.test)} test molecules, M = {len(result.train)})</b>"
+            f"<tr class='q-{q}'><td>{r.quantity}</td><td class='mae' data-value='{r['MAE']!r}'>{_fmt(r['MAE'])}</td>"
+            f"<td class='max' data-value='{r['max']!r}'>{_fmt(r['max'])}</td>"
+            f"<td>{_fmt(r['paper MAE'])}</td><td>{_fmt(r['paper max'])}</td></tr>"
+            for q, (_, r) in zip(list(QUANTITIES) + ["mlhk_dEF"], df.iterrows()))
+        k = result.knobs
+        meta = (f"<span class='result-knobs' data-dataset='{Path(k.dataset).name}' data-m='{len(result.train)}' "
+                f"data-hk-sigma='{result.hk.sigma!r}' data-hk-lam='{result.hk.lam!r}' data-hk-factor='{result.hk.factor!r}' "
+                f"data-ks-sigma='{result.ks.sigma!r}' data-ks-lam='{result.ks.lam!r}'></span>")
+        return (meta + f"<b>Test errors, kcal/mol ({len(result.test)} test molecules, M = {len(result.train)})</b>"
                 "<table class='summary-table' style='font-size:13px'><tr><th>quantity</th><th>MAE</th><th>max</th>"
                 f"<th>paper MAE</th><th>paper max</th></tr>{body}</table><small>{note}</small>")
 
