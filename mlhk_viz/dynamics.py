@@ -29,12 +29,12 @@ Two equivalent routes evaluate the density/energy part (``route=``):
   ``||u - F_j||^2`` splits into an r-dimensional explicit difference plus a constant computed
   once, and ``B_g[i] . gvec = T_g[:, i] . W_g^T gvec``: an energy or a gradient never touches
   125,000 numbers. The precomputation costs ``O(M^2 L)`` once (well under a second at M = 20).
-  A Gram-matrix expansion (``B B^T``) would be as cheap but loses ~6 digits to cancellation with
-  the large dual coefficients of small-lambda fits; the explicit differences keep the
-  round-off of the coefficient route.
+  A Gram-matrix expansion (``B B^T``) would be as cheap but loses ~5 digits to cancellation with
+  the large dual coefficients of small-lambda fits (1e-6 instead of 1e-11 Hartree on the H2O
+  test models); the explicit differences keep the round-off of the coefficient route.
 
-Alignment. ``y = R(x) (x - c(x))`` with ``c`` the mass-weighted centroid and ``R`` the
-weighted Kabsch rotation onto the centred reference ``r``. ``R`` is defined implicitly by the
+Alignment. ``y = R(x) p``, ``p = x - c(x)``, with ``c`` the mass-weighted centroid (weights
+``w_a``, total ``W``) and ``R`` the weighted Kabsch rotation onto the centred reference ``r``. ``R`` is defined implicitly by the
 optimality condition ``N = sum_a w_a y_a x r_a = 0``. Differentiating it with ``dR = [omega]_x R``
 gives ``A omega = sum_a w_a [r_a]_x R dp_a`` with the symmetric 3 x 3
 ``A = sum_a w_a y_a r_a^T - (sum_a w_a y_a . r_a) I``. The rotation term of ``dE`` is
@@ -45,9 +45,13 @@ model aligns). With ``lambda = A^-1 tau``:
     dE/dx_a = z_a - (w_a / W) sum_b z_b,     z_a = R^T (G_a + w_a lambda x r_a).
 
 ``E(x)`` is then exactly invariant under rigid motions of ``x``, so the forces sum to zero and
-exert no net torque. The tests check all of it against central finite differences. For a linear
-molecule ``A`` is singular along the axis, where ``tau`` vanishes too; a least-squares solve
+exert no net torque. The tests check all of it against finite differences, and that dropping
+the ``lambda`` term (rotating ``G`` back) is wrong. For a linear molecule ``A`` is singular along
+the axis, where ``tau`` vanishes too (the potential is symmetric about it); a pseudo-inverse
 handles that.
+
+An :class:`~mlhk_viz.models.MLKS` model (potential -> energy directly) is the special case
+``E = sum_i a_i k_i + e0``, ``w_i = a_i k_i (-1 / (2 sigma^2))``, and is supported as well.
 
 Units: the library works in Hartree and Å, ASE in eV and eV/Å (``ase.units.Hartree``).
 """
@@ -55,6 +59,7 @@ Units: the library works in Hartree and Å, ASE in eV and eV/Å (``ase.units.Har
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,25 +75,79 @@ from .models import MLHK, MLKS, load_model
 __all__ = [
     "MLHKForceField",
     "MLHKCalculator",
+    "Aligner",
     "kabsch",
     "align_vjp",
+    "SeparableDescriptor",
     "sq_distances_and_gradient",
     "check_atoms",
 ]
 
 ROUTES = ("subspace", "coefficients")
 FORCE_MODES = ("analytic", "fd")
+#: the calculator warns (once) when an atom comes closer than this many gamma to the grid's edge
+GRID_MARGIN_GAMMAS = 4.0
 
 
 # ----------------------------------------------------------------------------- alignment
 
 
-def _cross(a, b) -> np.ndarray:
-    """``np.cross`` along the last axis (broadcasting), without its axis-juggling overhead."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
-    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+class Aligner:
+    """Weighted Kabsch alignment onto a fixed reference, and its exact pull-back (see the module docstring).
+
+    reference ``(A, 3)`` Å, weights ``(A,)`` (masses). Equal to :func:`mlhk_viz.geometry.align`
+    (proper rotations, weighted centroid at the origin, reference centred the same way).
+    """
+
+    def __init__(self, reference, weights, rcond: float = 1e-10):
+        self.w = np.asarray(weights, float)
+        self.wn = self.w / self.w.sum()
+        ref = np.asarray(reference, float)
+        self.ref = ref - self.wn @ ref  # centred reference r
+        self.ref_w = (self.ref * self.w[:, None]).T  # (3, A): H = ref_w @ p = sum_a w_a r_a p_a^T
+        self.rcond = rcond
+
+    def __call__(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """``(y, R)``: aligned positions ``(n, A, 3)`` and rotations ``(n, 3, 3)``, ``y = (x - c) @ R.T``."""
+        p = np.asarray(positions, float)
+        pc = p - np.matmul(self.wn, p)[:, None, :]
+        H = np.matmul(self.ref_w, pc)  # (n, 3, 3)
+        U, _, Vt = np.linalg.svd(H)
+        R = np.matmul(U, Vt)
+        flip = np.linalg.det(R) < 0
+        if flip.any():  # reflection: flip the least significant direction (H may be rank 2, planar molecules)
+            U[flip, :, 2] *= -1.0
+            R[flip] = np.matmul(U[flip], Vt[flip])
+        return np.matmul(pc, R.transpose(0, 2, 1)), R
+
+    def pullback(self, y, R, G) -> np.ndarray:
+        """``dE/dx`` ``(A, 3)`` from ``G = df/dy`` ``(A, 3)`` at one aligned molecule ``y`` with rotation ``R``."""
+        r, w = self.ref, self.w
+        C = y.T @ G  # tau = sum_a y_a x G_a = vee(C - C^T)
+        tau = np.array([C[1, 2] - C[2, 1], C[2, 0] - C[0, 2], C[0, 1] - C[1, 0]])
+        Mt = (y.T * w) @ r
+        A = Mt + Mt.T
+        A *= 0.5  # symmetric at the optimum; remove round-off
+        A[np.diag_indices(3)] -= np.trace(Mt)
+        lam = _sym_pinv_solve(A, tau, self.rcond)
+        L = np.array([[0.0, -lam[2], lam[1]], [lam[2], 0.0, -lam[0]], [-lam[1], lam[0], 0.0]])  # L v = lam x v
+        z = (G + w[:, None] * (r @ L.T)) @ R
+        return z - np.outer(self.wn, z.sum(axis=0))
+
+
+def _sym_pinv_solve(A, b, rcond):
+    """``A^+ b`` for a symmetric 3 x 3 ``A``: the adjugate when well conditioned, else an eigen pseudo-inverse."""
+    a, bb, c, d, e, f = A[0, 0], A[1, 1], A[2, 2], A[0, 1], A[0, 2], A[1, 2]
+    adj = np.array([[bb * c - f * f, e * f - d * c, d * f - e * bb],
+                    [e * f - d * c, a * c - e * e, d * e - a * f],
+                    [d * f - e * bb, d * e - a * f, a * bb - d * d]])
+    det = a * adj[0, 0] + d * adj[0, 1] + e * adj[0, 2]
+    scale = np.abs(A).max()
+    if abs(det) > 1e-6 * scale**3:  # condition number below ~1e6: the closed form is accurate
+        return adj @ b / det
+    ev, V = np.linalg.eigh(A)
+    keep = np.abs(ev) > rcond * np.abs(ev).max()
+    return V[:, keep] @ ((V[:, keep].T @ b) / ev[keep])
 
 
 def kabsch(positions, reference, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,118 +157,119 @@ def kabsch(positions, reference, weights) -> tuple[np.ndarray, np.ndarray, np.nd
     ``(aligned (n, A, 3), R (n, 3, 3), reference centred (A, 3))`` with
     ``aligned[k] = (positions[k] - centroid_k) @ R[k].T`` (proper rotations).
     """
-    p = np.asarray(positions, float)
-    w = np.asarray(weights, float)
-    wn = w / w.sum()
-    ref = np.asarray(reference, float)
-    ref = ref - wn @ ref
-    pc = p - np.matmul(wn, p)[:, None, :]
-    H = np.matmul((ref * w[:, None]).T, pc)  # (n, 3, 3): sum_a w_a r_a p_a^T
-    U, _, Vt = np.linalg.svd(H)
-    d = np.linalg.det(U) * np.linalg.det(Vt)  # +-1
-    U[:, :, 2] *= np.where(d < 0, -1.0, 1.0)[:, None]
-    R = np.matmul(U, Vt)
-    return np.matmul(pc, R.transpose(0, 2, 1)), R, ref
+    al = Aligner(reference, weights)
+    y, R = al(positions)
+    return y, R, al.ref
 
 
 def align_vjp(aligned, R, ref_centred, weights, grad_aligned, rcond: float = 1e-10) -> np.ndarray:
     """Pull a gradient back through the Kabsch alignment: ``J_align(x)^T grad`` for one molecule.
 
-    aligned ``(A, 3)`` = ``y``, R ``(3, 3)``, ref_centred ``(A, 3)``, weights ``(A,)``,
-    grad_aligned ``(A, 3)`` = ``df/dy``. Returns ``dE/dx`` ``(A, 3)`` (see the module docstring).
-    ``A`` is inverted on its eigenvalues above ``rcond`` times the largest (a pseudo-inverse:
-    for a linear molecule the rotation about the axis is undetermined and ``tau`` has no
-    component along it).
+    aligned ``(A, 3)`` = ``y``, R ``(3, 3)``, ref_centred ``(A, 3)`` (centred reference),
+    weights ``(A,)``, grad_aligned ``(A, 3)`` = ``df/dy``. Returns ``dE/dx`` ``(A, 3)`` (see the
+    module docstring). ``A`` is inverted as a pseudo-inverse (eigenvalues below ``rcond`` times the
+    largest dropped): for a linear molecule the rotation about the axis is undetermined and
+    ``tau`` has no component along it.
     """
-    y, G, r = aligned, np.asarray(grad_aligned, float), ref_centred
-    w = np.asarray(weights, float)
-    tau = _cross(y, G).sum(axis=0)
-    Mt = (y * w[:, None]).T @ r
-    A = Mt - np.trace(Mt) * np.eye(3)
-    ev, V = np.linalg.eigh(0.5 * (A + A.T))  # symmetric at the optimum; remove round-off
-    keep = np.abs(ev) > rcond * np.abs(ev).max()
-    lam = V[:, keep] @ ((V[:, keep].T @ tau) / ev[keep])
-    z = (G + w[:, None] * _cross(lam, r)) @ R
-    return z - np.outer(w / w.sum(), z.sum(axis=0))
+    al = Aligner(ref_centred, weights, rcond)
+    return al.pullback(np.asarray(aligned, float), np.asarray(R, float), np.asarray(grad_aligned, float))
 
 
 # ----------------------------------------------------------------------------- descriptor
 
 
-def _factors(pos_flat: np.ndarray, gamma: float, axes) -> list[np.ndarray]:
-    """Per-axis 1D Gaussians ``(rows, n_axis_d)`` (no charges)."""
-    c = 0.5 / (gamma * gamma)
-    return [np.exp(-c * (ax[None, :] - pos_flat[:, d, None]) ** 2) for d, ax in enumerate(axes)]
+class SeparableDescriptor:
+    """The descriptor's squared distances to a fixed training set, and their gradient.
 
+    Built once per model: the per-axis 1D Gaussians of the training atoms on the model's grid
+    axes, stacked as one ``(3, M * A, n_max)`` array (axes shorter than ``n_max`` padded with
+    zeros, and query factors padded with points so far away that their Gaussians are exactly 0),
+    so that a batch needs one exponential and one batched matrix product per stage, whatever the
+    axis. The x factors carry the charges (``Z_b`` on training rows, ``Z_a`` on query rows), so
+    every product of one x, one y and one z factor already includes ``Z_a Z_b``.
 
-def _charged(train_factors, numbers, n_train):
-    """Training factors with the charges ``Z_b`` on the x axis."""
-    return (train_factors[0] * np.tile(numbers, n_train)[:, None], train_factors[1], train_factors[2])
+    train_positions ``(M, A, 3)`` Å (in the model frame), numbers ``(A,)``, gamma Å, axes
+    ``(x, y, z)`` 1D grid coordinates Å.
+    """
+
+    def __init__(self, train_positions, numbers, gamma: float, axes):
+        X = np.asarray(train_positions, float)
+        self.M, self.A = X.shape[:2]
+        self.z = np.asarray(numbers, float)
+        self.gamma = float(gamma)
+        self.c = 0.5 / (self.gamma * self.gamma)
+        n_max = max(len(a) for a in axes)
+        far = 1e3 * (1.0 + max(float(np.abs(a).max()) for a in axes))
+        self.axes_pad = np.full((3, n_max), far)
+        for d, a in enumerate(axes):
+            self.axes_pad[d, : len(a)] = a
+        self.train_T = self._factors(X).transpose(0, 2, 1).copy()  # (3, n_max, M*A)
+        self.train_norms = self_sq_norms(X, numbers, gamma, axes)
+
+    def _factors(self, y) -> np.ndarray:
+        """``(3, n * A, n_max)``: ``exp(-(t - y_ad)^2 / (2 gamma^2))``, x rows times ``Z_a``."""
+        n = len(y)
+        flat = y.reshape(n * self.A, 3).T  # (3, nA)
+        Q = np.exp(-self.c * np.square(self.axes_pad[:, None, :] - flat[:, :, None]))
+        Q[0].reshape(n, self.A, -1)[...] *= self.z[None, :, None]
+        return Q
+
+    def evaluate(self, y):
+        """A :class:`_DescriptorPass` for positions ``y`` ``(n, A, 3)`` in the model frame."""
+        return _DescriptorPass(self, np.asarray(y, float))
 
 
 class _DescriptorPass:
-    """Squared grid distances of a batch to the training set, keeping what the gradient reuses.
+    """Squared distances ``D`` ``(n, M)`` of one batch, keeping what :meth:`gradient` reuses."""
 
-    The x-axis factors carry the charges (``Z_a`` on query rows, ``Z_b`` on training rows), so
-    every product of one x factor with a y and a z factor already includes ``Z_a Z_b``.
-    """
-
-    def __init__(self, y, charged_train_factors, train_norms, numbers, gamma, axes):
-        self.y = y = np.asarray(y, float)
-        n, A, _ = y.shape
-        z = np.asarray(numbers, float)
-        M = len(train_norms)
-        self.M, self.gamma, self.axes = M, gamma, axes
-        self.tf = tf = charged_train_factors  # (T_x * Z_b, T_y, T_z), rows (M * A)
-        Q = _factors(y.reshape(n * A, 3), gamma, axes)
-        Q[0] = Q[0] * np.tile(z, n)[:, None]
-        self.Q = Q  # per axis (n*A, n_axis); x carries Z_a
-        self.S = S = [(q @ t.T).reshape(n, A, M, A) for q, t in zip(Q, tf)]  # x carries Z_a Z_b
-        inner = (S[0] * S[1] * S[2]).sum(axis=3).sum(axis=1)  # (n, M) = <v, v_i>
-        self.Qm = Qm = [q.reshape(n, A, -1) for q in Q]
-        self.Ss = Ss = [np.matmul(q, q.transpose(0, 2, 1)) for q in Qm]  # (n, A, A); x carries Z Z
-        norm_v = (Ss[0] * Ss[1] * Ss[2]).sum(axis=2).sum(axis=1)
-        D = norm_v[:, None] + np.asarray(train_norms)[None, :] - 2.0 * inner
+    def __init__(self, desc: SeparableDescriptor, y: np.ndarray):
+        self.desc, self.y = desc, y
+        n, A, M = len(y), desc.A, desc.M
+        self.Q = Q = desc._factors(y)  # (3, nA, n_max)
+        self.S = S = np.matmul(Q, desc.train_T)  # (3, nA, MA): per-axis sums S_d(a, (i, b))
+        inner = (S[0] * S[1] * S[2]).reshape(n, A, M, A).sum(axis=3).sum(axis=1)  # (n, M) = <v, v_i>
+        self.Qm = Qm = Q.reshape(3, n, A, -1)
+        self.Ss = Ss = np.matmul(Qm, Qm.transpose(0, 1, 3, 2))  # (3, n, A, A): self sums
+        norm_v = (Ss[0] * Ss[1] * Ss[2]).reshape(n, -1).sum(axis=1)
+        D = norm_v[:, None] + desc.train_norms[None, :] - 2.0 * inner
         self.D = np.maximum(D, 0.0, out=D)
 
     def gradient(self, weights) -> np.ndarray:
-        """``sum_i weights[k, i] dD_ki / dy_k`` ``(n, A, 3)`` (Z²/Å) for ``weights`` ``(n, M)``."""
-        y, S, Ss, Q, Qm, M = self.y, self.S, self.Ss, self.Q, self.Qm, self.M
-        n, A, _ = y.shape
+        """``sum_i weights[k, i] dD_ki / dy_k`` ``(n, A, 3)`` (Z²/Å) for ``weights`` ``(n, M)``.
+
+        ``d phi_a(t) / d y_ad = phi_a(t) (t - y_ad) / gamma^2``;
+        ``d<v, v_i>/dy_ad = sum_b S'_d(a, (i, b)) prod_{d' != d} S_d'`` and
+        ``d||v||^2/dy_ad = 2 sum_a' S'_d(a, a') prod_{d' != d} S_d'(a, a')`` (charges included).
+        """
+        desc, y = self.desc, self.y
+        n, A, M = len(y), desc.A, desc.M
         wt = np.asarray(weights, float).reshape(n, M, 1)
-        inv_g2 = 1.0 / (self.gamma * self.gamma)
-        wsum = wt.sum(axis=1)  # (n, 1)
-        grad = np.empty((n, A, 3))
-        flat = y.reshape(n * A, 3)
-        for d, ax in enumerate(self.axes):
-            o1, o2 = [e for e in range(3) if e != d]
-            # d phi_a(t) / d y_ad = phi_a(t) (t - y_ad) / gamma^2 (times Z_a on x)
-            dq = Q[d] * ((ax[None, :] - flat[:, d, None]) * inv_g2)
-            # d<v, v_i>/dy_ad = sum_b S'_d(a, (i, b)) S_o1 S_o2 (charges included), contracted with w_i
-            Sp = (dq @ self.tf[d].T).reshape(n, A, M, A)
-            t_cross = np.matmul((Sp * S[o1] * S[o2]).sum(axis=3), wt)[:, :, 0]  # (n, A)
-            # d||v||^2/dy_ad = 2 sum_a' S'_d(a, a') S_o1(a, a') S_o2(a, a')
-            Spself = np.matmul(dq.reshape(n, A, -1), Qm[d].transpose(0, 2, 1))
-            t_self = 2.0 * (Spself * Ss[o1] * Ss[o2]).sum(axis=2)
-            grad[:, :, d] = wsum * t_self - 2.0 * t_cross
-        return grad
+        flat = y.reshape(n * A, 3).T
+        dq = self.Q * ((desc.axes_pad[:, None, :] - flat[:, :, None]) * (2.0 * desc.c))  # (3, nA, n_max)
+        S, Ss = self.S, self.Ss
+        S_other = np.stack([S[1] * S[2], S[0] * S[2], S[0] * S[1]])  # product of the two other axes
+        Ss_other = np.stack([Ss[1] * Ss[2], Ss[0] * Ss[2], Ss[0] * Ss[1]])
+        Sp = np.matmul(dq, desc.train_T)  # (3, nA, MA)
+        t_cross = np.matmul((Sp * S_other).reshape(3, n, A, M, A).sum(axis=4), wt[None])[..., 0]  # (3, n, A)
+        Spself = np.matmul(dq.reshape(3, n, A, -1), self.Qm.transpose(0, 1, 3, 2))  # (3, n, A, A)
+        t_self = (Spself * Ss_other).sum(axis=3)  # (3, n, A)
+        g = 2.0 * (wt.sum(axis=1)[None] * t_self - t_cross)  # wt.sum: (n, 1)
+        return g.transpose(1, 2, 0)
 
 
-def sq_distances_and_gradient(positions, train_factors, train_norms, numbers, gamma, axes, weights=None):
+def sq_distances_and_gradient(positions, train_positions, numbers, gamma, axes, weights=None):
     """Squared grid distances to the training molecules and, optionally, their weighted gradient.
 
-    positions ``(n, A, 3)`` Å (already in the model frame); ``train_factors``: per axis
-    ``(M * A, n_axis_d)`` 1D Gaussians ``exp(-(t - X)^2 / (2 gamma^2))`` of the training atoms
-    (no charges); ``train_norms`` ``(M,)`` = ``||v_i||^2``; ``numbers`` ``(A,)`` charges.
+    positions ``(n, A, 3)`` Å and train_positions ``(M, A, 3)`` Å (both in the model frame);
+    numbers ``(A,)`` charges; gamma Å; axes ``(x, y, z)`` grid coordinates Å.
 
     Returns ``D`` ``(n, M)`` (clipped at 0, equal to :func:`mlhk_viz.descriptor.sq_distances`
     on the same axes), and if ``weights`` ``(n, M)`` is given also
     ``sum_i weights[k, i] dD_ki / dy_k`` ``(n, A, 3)`` in Z²/Å: the contraction the chain rule
     needs, so no ``(n, M, A, 3)`` array is formed. Cost ``O(n A^2 M n_axis)``.
+    For repeated calls build a :class:`SeparableDescriptor` once.
     """
-    z = np.asarray(numbers, float)
-    tf = _charged(train_factors, z, len(train_norms))
-    p = _DescriptorPass(positions, tf, train_norms, numbers, gamma, axes)
+    p = SeparableDescriptor(train_positions, numbers, gamma, axes).evaluate(positions)
     return p.D if weights is None else (p.D, p.gradient(weights))
 
 
@@ -271,11 +331,10 @@ class MLHKForceField:
         self.axes = tuple(np.asarray(a, float) for a in model.axes_)
         X = np.asarray(model.X_fit_, float)
         self.n_train = len(X)
-        self.train_factors = _factors(X.reshape(-1, 3), self.gamma, self.axes)
-        self._charged_factors = _charged(self.train_factors, self.numbers.astype(float), len(X))
-        self.train_norms = self_sq_norms(X, self.numbers, self.gamma, self.axes)
+        self.descriptor = SeparableDescriptor(X, self.numbers, self.gamma, self.axes)
         self.reference = None if model.reference_ is None else np.asarray(model.reference_, float)
         self.weights = atomic_masses[self.numbers]
+        self.aligner = None if self.reference is None else Aligner(self.reference, self.weights)
         if self.kind == "MLKS":
             km = model.model_
             self.groups = self._groups_of(km)
@@ -337,9 +396,21 @@ class MLHKForceField:
     def model_frame(self, positions):
         """``(y, R, ref_centred)``: positions in the model frame (aligned if the model has a reference)."""
         p = self._positions(positions)
-        if self.reference is None:
+        if self.aligner is None:
             return p, None, None
-        return kabsch(p, self.reference, self.weights)
+        y, R = self.aligner(p)
+        return y, R, self.aligner.ref
+
+    def grid_margin(self, positions) -> np.ndarray:
+        """Distance (Å) of the atom nearest to the edge of the model's grid, in the model frame: ``(n,)``.
+
+        Negative outside the grid. Training atoms are at least 8 gamma inside; below a few gamma
+        the descriptor's Gaussians are visibly cut off (far outside the training geometries).
+        """
+        y, _, _ = self.model_frame(positions)
+        lo = np.array([a[0] for a in self.axes])
+        hi = np.array([a[-1] for a in self.axes])
+        return np.minimum(y - lo, hi - y).min(axis=(1, 2))
 
     # -- core -----------------------------------------------------------------------
     def _kernels(self, D):
@@ -387,13 +458,13 @@ class MLHKForceField:
     def energies(self, positions) -> np.ndarray:
         """ML energies ``(n,)`` Hartree of a batch ``(n, A, 3)`` Å (equal to ``model.predict``)."""
         y, _, _ = self.model_frame(positions)
-        D = _DescriptorPass(y, self._charged_factors, self.train_norms, self.numbers, self.gamma, self.axes).D
+        D = self.descriptor.evaluate(y).D
         return self._energy_terms(self._kernels(D))[0]
 
     def frame_energy_and_gradient(self, y) -> tuple[np.ndarray, np.ndarray]:
         """``f`` and ``df/dy`` for positions ``y`` ``(n, A, 3)`` already in the model frame (no alignment)."""
         y = self._positions(y)
-        dp = _DescriptorPass(y, self._charged_factors, self.train_norms, self.numbers, self.gamma, self.axes)
+        dp = self.descriptor.evaluate(y)
         E, w = self._energy_terms(self._kernels(dp.D))
         return E, dp.gradient(w)
 
@@ -403,7 +474,7 @@ class MLHKForceField:
         E, G = self.frame_energy_and_gradient(y)
         if R is None:
             return E, G
-        grad = np.stack([align_vjp(y[k], R[k], ref, self.weights, G[k]) for k in range(len(y))])
+        grad = np.stack([self.aligner.pullback(y[k], R[k], G[k]) for k in range(len(y))])
         return E, grad
 
     def fd_gradient(self, positions, eps: float = 1e-3, energy=None) -> tuple[float, np.ndarray]:
@@ -413,8 +484,10 @@ class MLHKForceField:
         evaluation: :meth:`energies`, or ``energy`` (a callable taking ``(n, A, 3)`` Å and returning
         ``(n,)`` Hartree, e.g. ``model.predict``). ``eps`` in Å.
         """
-        p = self._positions(positions)[0]
-        A = self.n_atoms
+        p = self._positions(positions)
+        if len(p) != 1:
+            raise ValueError(f"fd_gradient takes one molecule (n_atoms, 3), got {len(p)}")
+        p, A = p[0], self.n_atoms
         disp = np.zeros((2 * 3 * A + 1, A, 3))
         disp[:] = p
         for a in range(A):
@@ -455,6 +528,7 @@ class MLHKCalculator(Calculator):
             raise ValueError(f"fd_eps must be a positive length in Å, got {fd_eps!r}")
         self.forcefield = model if isinstance(model, MLHKForceField) else MLHKForceField(model, route=route)
         self.forces_mode, self.fd_eps = forces, float(fd_eps)
+        self._warned = False
         super().__init__(**kwargs)
 
     @property
@@ -472,6 +546,13 @@ class MLHKCalculator(Calculator):
         self.check_atoms(self.atoms)
         pos = self.atoms.get_positions()
         ff = self.forcefield
+        if not self._warned:
+            margin = float(ff.grid_margin(pos[None])[0])
+            if margin < GRID_MARGIN_GAMMAS * ff.gamma:
+                self._warned = True
+                warnings.warn(f"an atom is {margin:.2f} Å from the edge of the model's grid (gamma = {ff.gamma} Å): "
+                              "its Gaussian is cut off there, so the ML energy is extrapolating far outside the "
+                              "training geometries (warned once per calculator)", RuntimeWarning, stacklevel=2)
         if "forces" not in properties:
             e = float(ff.energies(pos[None])[0])
             self._store(e, None)

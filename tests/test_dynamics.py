@@ -152,22 +152,22 @@ def test_descriptor_distances_equal_library(aligned, data, forcefield):
     ds, _, _, test = data
     ff = forcefield("aligned")
     y = align(ds.positions[test[:5]], aligned.reference_, weights=ff.weights)
-    D = sq_distances_and_gradient(y, ff.train_factors, ff.train_norms, ff.numbers, ff.gamma, ff.axes)
+    D = sq_distances_and_gradient(y, aligned.X_fit_, aligned.numbers_, ff.gamma, ff.axes)
     ref = aligned.potential_.sq_distances(y, aligned.X_fit_, aligned.numbers_, aligned.axes_)
     np.testing.assert_allclose(D, ref, rtol=1e-10, atol=1e-9 * np.abs(ref).max())
 
 
-def test_descriptor_gradient_matches_fd(data, forcefield):
+def test_descriptor_gradient_matches_fd(aligned, data):
     ds, _, _, test = data
-    ff = forcefield("aligned")
-    y = ds.positions[test[:1]]
-    w = np.random.default_rng(0).normal(size=(1, N_TRAIN))
+    y = ds.positions[test[:2]] + np.array([0.0, 0.0, 0.1])  # off the data's plane: all three axes move
+    w = np.random.default_rng(0).normal(size=(2, N_TRAIN))
+    args = (aligned.X_fit_, aligned.numbers_, aligned.gamma, aligned.axes_)
+    _, G = sq_distances_and_gradient(y, *args, weights=w)
+    for k in range(2):
+        def f(p):
+            return sq_distances_and_gradient(p, *args) @ w[k]
 
-    def f(p):
-        return sq_distances_and_gradient(p, ff.train_factors, ff.train_norms, ff.numbers, ff.gamma, ff.axes) @ w[0]
-
-    _, G = sq_distances_and_gradient(y, ff.train_factors, ff.train_norms, ff.numbers, ff.gamma, ff.axes, weights=w)
-    assert rel(G[0], fd_five_point(f, y[0], 1e-3)) < 1e-7
+        assert rel(G[k], fd_five_point(f, y[k], 1e-3)) < 1e-7
 
 
 def test_kabsch_equals_geometry_align(data):
@@ -299,6 +299,20 @@ def test_calculator_rejects_wrong_atoms(aligned, data, forcefield):
         MLHKCalculator(aligned, forces="numeric")
     with pytest.raises(ValueError, match="not fitted"):
         MLHKCalculator(MLHK())
+
+
+def test_calculator_warns_far_outside_the_grid(plain, data, forcefield):
+    ds, _, _, _ = data
+    calc = MLHKCalculator(forcefield("plain"))  # no reference: positions are used as given
+    atoms = ds.atoms(0)
+    atoms.calc = calc
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        atoms.get_potential_energy()
+    atoms.positions += [0.0, 0.0, 1.5]  # the H2O data are planar: the grid is 1.6 Å thick in z
+    with pytest.warns(RuntimeWarning, match="edge of the model's grid"):
+        e = atoms.get_potential_energy()
+    assert e == pytest.approx(plain.predict(atoms.positions[None])[0] * units.Hartree, abs=1e-8)
 
 
 # ------------------------------------------------------------------------------------- dynamics
