@@ -324,6 +324,7 @@ class MLHKForceField:
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         self.model, self.route = model, route
+        self.last_frame = None  # model-frame positions of the last evaluation
         self.kind = type(model).__name__
         self.numbers = np.asarray(model.numbers_, int)
         self.n_atoms = len(self.numbers)
@@ -407,7 +408,9 @@ class MLHKForceField:
         Negative outside the grid. Training atoms are at least 8 gamma inside; below a few gamma
         the descriptor's Gaussians are visibly cut off (far outside the training geometries).
         """
-        y, _, _ = self.model_frame(positions)
+        return self._frame_margin(self.model_frame(positions)[0])
+
+    def _frame_margin(self, y) -> np.ndarray:
         lo = np.array([a[0] for a in self.axes])
         hi = np.array([a[-1] for a in self.axes])
         return np.minimum(y - lo, hi - y).min(axis=(1, 2))
@@ -458,12 +461,14 @@ class MLHKForceField:
     def energies(self, positions) -> np.ndarray:
         """ML energies ``(n,)`` Hartree of a batch ``(n, A, 3)`` Å (equal to ``model.predict``)."""
         y, _, _ = self.model_frame(positions)
+        self.last_frame = y
         D = self.descriptor.evaluate(y).D
         return self._energy_terms(self._kernels(D))[0]
 
     def frame_energy_and_gradient(self, y) -> tuple[np.ndarray, np.ndarray]:
         """``f`` and ``df/dy`` for positions ``y`` ``(n, A, 3)`` already in the model frame (no alignment)."""
         y = self._positions(y)
+        self.last_frame = y
         dp = self.descriptor.evaluate(y)
         E, w = self._energy_terms(self._kernels(dp.D))
         return E, dp.gradient(w)
@@ -546,23 +551,22 @@ class MLHKCalculator(Calculator):
         self.check_atoms(self.atoms)
         pos = self.atoms.get_positions()
         ff = self.forcefield
-        if not self._warned:
-            margin = float(ff.grid_margin(pos[None])[0])
-            if margin < GRID_MARGIN_GAMMAS * ff.gamma:
-                self._warned = True
-                warnings.warn(f"an atom is {margin:.2f} Å from the edge of the model's grid (gamma = {ff.gamma} Å): "
-                              "its Gaussian is cut off there, so the ML energy is extrapolating far outside the "
-                              "training geometries (warned once per calculator)", RuntimeWarning, stacklevel=2)
         if "forces" not in properties:
             e = float(ff.energies(pos[None])[0])
             self._store(e, None)
-            return
-        if self.forces_mode == "analytic":
+        elif self.forces_mode == "analytic":
             e, g = ff.energy_and_gradient(pos[None])
             self._store(float(e[0]), g[0])
         else:
             e, g = ff.fd_gradient(pos, self.fd_eps)
             self._store(e, g)
+        if not self._warned:  # the model-frame positions of this very evaluation
+            margin = float(ff._frame_margin(ff.last_frame).min())
+            if margin < GRID_MARGIN_GAMMAS * ff.gamma:
+                self._warned = True
+                warnings.warn(f"an atom is {margin:.2f} Å from the edge of the model's grid (gamma = {ff.gamma} Å): "
+                              "its Gaussian is cut off there, so the ML energy is extrapolating far outside the "
+                              "training geometries (warned once per calculator)", RuntimeWarning, stacklevel=2)
 
     def _store(self, e_hartree: float, grad_hartree_per_a):
         self.results["energy_hartree"] = e_hartree
