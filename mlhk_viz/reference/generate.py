@@ -109,7 +109,7 @@ def generate(
         from dask.distributed import Client, LocalCluster, as_completed
 
         cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1,
-                                                      processes=True, dashboard_address=None)
+                                                      processes=True, dashboard_address=":0")
         try:
             with Client(scheduler or cluster) as client:
                 futures = {client.submit(compute_chunk, numbers, positions[s:e], method, pure=False): i
