@@ -512,11 +512,13 @@ class MLHKCalculator(Calculator):
 
     Parameters
     ----------
-    model : fitted :class:`MLHK` (or :class:`MLKS`) or a model file path.
+    model : fitted :class:`MLHK` (or :class:`MLKS`), a model file path, or an
+        :class:`MLHKForceField` (to share one force field, and its precomputation, between calculators).
     forces : ``"analytic"`` (default; exact chain rule, see :mod:`mlhk_viz.dynamics`) or ``"fd"``
         (central finite differences of the ML energy, the paper's way: 6N energies, one batch).
     fd_eps : displacement for ``forces="fd"``, Å (default 0.001, as in the paper).
-    route : ``"subspace"`` or ``"coefficients"``, see :class:`MLHKForceField`.
+    route : ``"subspace"`` or ``"coefficients"``, see :class:`MLHKForceField` (ignored when
+        ``model`` is a force field already).
 
     The atoms must be the model's atoms in the model's order (``ValueError`` otherwise);
     periodic boundary conditions are not supported. ``results['energy_hartree']`` keeps the
