@@ -147,7 +147,18 @@ def status_bar(state) -> pn.Row:
 
     state.param.watch(upd, ["progress", "stage", "busy", "status", "error"])
     upd()
-    return pn.Row(bar, stage, text, sizing_mode="stretch_width")
+    knobs = pn.pane.HTML(pn.bind(_result_knobs, state.param.result), width=0, height=0, margin=0)
+    return pn.Row(bar, stage, text, knobs, sizing_mode="stretch_width")
+
+
+def _result_knobs(result):
+    """The knobs and hyperparameters of the result on screen, as data attributes (for tests and scripts)."""
+    if result is None:
+        return ""
+    k = result.knobs
+    return (f"<span class='result-knobs' data-dataset='{Path(k.dataset).name}' data-m='{len(result.train)}' "
+            f"data-hk-sigma='{result.hk.sigma!r}' data-hk-lam='{result.hk.lam!r}' data-hk-factor='{result.hk.factor!r}' "
+            f"data-ks-sigma='{result.ks.sigma!r}' data-ks-lam='{result.ks.lam!r}'></span>")
 
 
 # ------------------------------------------------------------------------------ 3D
@@ -352,11 +363,7 @@ def summary_table(state):
             f"<td class='max' data-value='{r['max']!r}'>{_fmt(r['max'])}</td>"
             f"<td>{_fmt(r['paper MAE'])}</td><td>{_fmt(r['paper max'])}</td></tr>"
             for q, (_, r) in zip(list(QUANTITIES) + ["mlhk_dEF"], df.iterrows()))
-        k = result.knobs
-        meta = (f"<span class='result-knobs' data-dataset='{Path(k.dataset).name}' data-m='{len(result.train)}' "
-                f"data-hk-sigma='{result.hk.sigma!r}' data-hk-lam='{result.hk.lam!r}' data-hk-factor='{result.hk.factor!r}' "
-                f"data-ks-sigma='{result.ks.sigma!r}' data-ks-lam='{result.ks.lam!r}'></span>")
-        return (meta + f"<b>Test errors, kcal/mol ({len(result.test)} test molecules, M = {len(result.train)})</b>"
+        return (f"<b>Test errors, kcal/mol ({len(result.test)} test molecules, M = {len(result.train)})</b>"
                 "<table class='summary-table' style='font-size:13px'><tr><th>quantity</th><th>MAE</th><th>max</th>"
                 f"<th>paper MAE</th><th>paper max</th></tr>{body}</table><small>{note}</small>")
 
