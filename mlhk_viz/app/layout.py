@@ -30,12 +30,28 @@ def doc_dispatch(doc):
     return dispatch
 
 
-def build_app(data_dir=None, model_dir=None, dataset=None, curve=True):
-    """The whole app for one session (a Panel ``Row``); call ``.servable()`` on it."""
+def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None):
+    """The whole app for one session (a Panel ``Row``); call ``.servable()`` on it.
+
+    Defaults from the environment: ``MLHK_VIZ_DATA`` (data folder), ``MLHK_VIZ_MODELS`` (model
+    folder), ``MLHK_VIZ_DATASET`` (file name or path of the set opened first), ``MLHK_VIZ_M``.
+    """
+    import os
+
     pn.extension("vtk", raw_css=[CSS], notifications=False)
+    if dataset is None and os.environ.get("MLHK_VIZ_DATASET"):
+        from pathlib import Path
+
+        from .compute import default_data_dir
+
+        p = Path(os.environ["MLHK_VIZ_DATASET"])
+        dataset = p if p.is_absolute() else Path(data_dir or default_data_dir()) / p
+    if m is None and os.environ.get("MLHK_VIZ_M"):
+        m = int(os.environ["MLHK_VIZ_M"])
     doc = pn.state.curdoc
     dispatch = doc_dispatch(doc) if doc is not None and doc.session_context is not None else None
-    state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve)
+    state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve,
+                     **({"m": m} if m else {}))
     if doc is not None and doc.session_context is not None:
         pn.state.on_session_destroyed(lambda ctx: state.close())
     three, scene = views.view3d(state)

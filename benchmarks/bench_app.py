@@ -1,0 +1,293 @@
+"""Benchmark of the app (run by hand): ``python benchmarks/bench_app.py [--dataset h2o.npz] [--m 200]``.
+
+Python side (no browser, :class:`mlhk_viz.app.AppState` driven directly): time from a knob change
+to new data for the 3D view ("view") and to the new error statistics ("fit"). Targets: a lambda or
+iso-level change to new view data <= 0.1 s; a sigma or M change <= 1 s.
+
+Browser side (headless Chromium, software WebGL): time from a widget change to a new picture of the
+3D view (screenshots polled until the pixels change), for iso level, lambda, sigma, M and molecule,
+and the first page load with data cached -- each as a ratio to a floor measured in the same run:
+a minimal Panel page that only swaps a precomputed mesh of the same size in the same kind of pane
+(target <= 1.5x). And the server's memory per extra browser session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+# ------------------------------------------------------------------------------ Python side
+def python_side(dataset: Path, m: int, reps: int = 3) -> dict:
+    from mlhk_viz.app import AppState, engine
+
+    st = AppState(dataset=dataset, curve=False, m=m)
+    assert st.wait(900), "first fit"
+    st.param.update(sigma_auto=False, lam_auto=False)
+    assert st.wait(900)
+    out: dict = {}
+
+    def timed(name, change, jobs=("view", "fit")):
+        views, fits = [], []
+        for r in range(reps):
+            t0 = time.perf_counter()
+            change(r)
+            assert st.wait(900, jobs=("view",)), name
+            views.append(time.perf_counter() - t0)
+            assert st.wait(900, jobs=jobs), name
+            fits.append(time.perf_counter() - t0)
+            assert not st.error, st.error
+        out[name] = (statistics.median(views), statistics.median(fits))
+
+    lam0, sig0, iso0 = st.log_lam, st.log_sigma, st.iso
+    timed("lambda", lambda r: setattr(st, "log_lam", lam0 + 0.25 * (r + 1)))
+    timed("iso level", lambda r: setattr(st, "iso", iso0 * (1.15 + 0.1 * r)), jobs=("view",))
+    timed("sigma", lambda r: setattr(st, "log_sigma", sig0 + 0.05 * (r + 1)))
+    timed("M", lambda r: setattr(st, "m", m - 3 * (r + 1)))
+    timed("molecule", lambda r: setattr(st, "molecule", int(st.result.test[r + 1])), jobs=("view",))
+    st.close()
+    engine.shutdown()
+    return out
+
+
+# ------------------------------------------------------------------------------ browser side
+FLOOR = '''
+"""Floor: the same pane kind (MeshVTK via Scene) swapping precomputed meshes of the app's size."""
+import panel as pn
+from mlhk_viz.app import compute as C, scene as S
+pn.extension("vtk")
+k = C.FitKnobs({dataset!r}, m={m}, hk_sigma={factor!r}, hk_lam={lam!r})
+mol = C.molecule(k, {molecule})
+dl = 0.3 * float(abs(mol.diff).max())
+show = ["predicted", "DFT", "difference"]
+meshes = [S.build_meshes(mol, iso, dl, show, "side by side", False) for iso in {isos!r}]
+sc = S.Scene()
+sc.update(meshes[0])
+iso = pn.widgets.FloatSlider(name="iso", start=0.002, end=0.3, step=0.002, value={iso0!r}, css_classes=["w-iso"])
+iso.param.watch(lambda e: sc.update(meshes[int(round((e.new - {iso0!r}) / 0.002)) % len(meshes)]), "value")
+pn.Row(pn.Column(iso, width=340), sc.pane).servable()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, script, env=None, name="app"):
+        self.port = free_port()
+        self.log = Path(tempfile.mkdtemp()) / "server.log"
+        with open(self.log, "w") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "panel", "serve", str(script), "--port", str(self.port), "--address", "127.0.0.1",
+                 f"--allow-websocket-origin=127.0.0.1:{self.port}"], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                env=dict(os.environ, **(env or {})))
+        self.url = f"http://127.0.0.1:{self.port}/{Path(script).stem}"
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+
+    def rss(self) -> float:
+        import psutil
+
+        p = psutil.Process(self.proc.pid)
+        return sum(q.memory_info().rss for q in [p] + p.children(recursive=True)) / 2**20
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        text = self.log.read_text()
+        return "Traceback" not in text
+
+
+def shot(page):
+    from PIL import Image
+
+    png = page.locator(".view3d").first.screenshot()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
+
+
+def until_drawn(page, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            img = shot(page)
+            if img.std() > 8:
+                return img
+        except Exception:  # noqa: BLE001 - not attached yet
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("3D view never drawn")
+
+
+def until_changed(page, before, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        img = shot(page)
+        if img.shape == before.shape and np.abs(img - before).mean() > 0.05 and img.std() > 8:
+            # let a half-drawn frame finish: wait until two shots agree
+            nxt = shot(page)
+            while np.abs(nxt - img).mean() > 0.05 and time.time() - t0 < timeout:
+                img, nxt = nxt, shot(page)
+            return img
+        time.sleep(0.02)
+    raise RuntimeError("picture did not change")
+
+
+def load(browser, url):
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = ctx.new_page()
+    t0 = time.perf_counter()
+    page.goto(url, timeout=300_000)
+    page.locator(".view3d canvas").first.wait_for(timeout=300_000)
+    until_drawn(page)
+    return ctx, page, time.perf_counter() - t0
+
+
+def press_iso(page):
+    h = page.locator(".w-iso .noUi-handle").first
+    h.focus()
+    h.press("ArrowRight")
+
+
+def set_number(page, css, value):
+    box = page.locator(f"{css} input").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def update_time(page, action, reps=3, gap=1.6):
+    times = []
+    before = until_drawn(page)
+    for r in range(reps):
+        time.sleep(gap)  # leave the view's update pacing (Scene.GAP) out of the measurement
+        before = shot(page)
+        t0 = time.perf_counter()
+        action(r)
+        before = until_changed(page, before)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def browser_side(dataset: Path, m: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from mlhk_viz.app import compute
+
+    app = Server(ROOT / "app.py", env={"MLHK_VIZ_DATASET": str(dataset), "MLHK_VIZ_M": str(m)})
+    out: dict = {}
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        try:
+            ctx0, page0, cold = load(b, app.url)  # warms the shared caches
+            page0.locator(".result-knobs").wait_for(state="attached", timeout=600_000)
+            ctx0.close()
+            rss0 = app.rss()
+            ctx, page, warm = load(b, app.url)
+            page.locator(".result-knobs").wait_for(state="attached", timeout=600_000)
+            out["first load (data cached)"] = warm
+            out["first load (cold)"] = cold
+            page.locator(".w-sigma-auto input").first.uncheck()
+            page.locator(".w-lam-auto input").first.uncheck()
+            time.sleep(3)
+            until_drawn(page)
+            lam0 = float(page.locator(".w-lam input").first.input_value())
+            sig0 = float(page.locator(".w-sigma input").first.input_value())
+            out["iso level"] = update_time(page, lambda r: press_iso(page))
+            out["lambda"] = update_time(page, lambda r: set_number(page, ".w-lam", round(lam0 + 0.5 * (r + 1), 2)))
+            out["sigma"] = update_time(page, lambda r: set_number(page, ".w-sigma", round(sig0 + 0.1 * (r + 1), 2)))
+            out["M"] = update_time(page, lambda r: set_number(page, ".w-m", m - 2 * (r + 1)))
+            entry = compute.load_entry(dataset)
+            out["molecule"] = update_time(page, lambda r: set_number(page, ".w-molecule", int(entry.test[r + 7])))
+            # memory per extra session
+            extra = []
+            for _ in range(3):
+                extra.append(load(b, app.url)[0])
+            time.sleep(5)
+            out["MB per extra session"] = (app.rss() - rss0) / 4  # 3 extra + the measured one
+            for c in extra:
+                c.close()
+            ctx.close()
+            # the floor, with meshes of the same size as the app's for its first molecule
+            k = compute.FitKnobs(str(dataset), m=m)
+            r = compute.fit(k)
+            floor_py = Path(tempfile.mkdtemp()) / "floor.py"
+            iso0 = 0.05
+            floor_py.write_text(textwrap.dedent(FLOOR.format(
+                dataset=str(dataset), m=m, factor=r.hk.factor, lam=r.hk.lam, molecule=int(entry.test[len(entry.test) // 2]),
+                isos=[iso0, iso0 * 1.2], iso0=iso0)))
+            floor = Server(floor_py)
+            try:
+                fctx0, _, _ = load(b, floor.url)
+                fctx0.close()
+                fctx, fpage, fwarm = load(b, floor.url)
+                out["floor: first load"] = fwarm
+                out["floor: mesh swap"] = update_time(fpage, lambda r: press_iso(fpage))
+                fctx.close()
+            finally:
+                out["floor server clean"] = floor.stop()
+        finally:
+            b.close()
+            out["app server clean"] = app.stop()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="h2o.npz", help="file in data/ (default h2o.npz, falls back to h2.npz)")
+    ap.add_argument("--m", type=int, default=200, help="training size (<= 200)")
+    ap.add_argument("--skip-browser", action="store_true")
+    a = ap.parse_args()
+    ds = ROOT / "data" / a.dataset
+    if not ds.is_file():
+        ds = ROOT / "data" / "h2.npz"
+    from mlhk_viz.app import compute
+
+    m = min(a.m, compute.MAX_M, len(compute.load_entry(ds).pool))
+    print(f"data set {ds.name}, M = {m}; machine load {os.getloadavg()[0]:.1f} (1-min average)\n", flush=True)
+    py = python_side(ds, m)
+    print("## Python side (knob change -> applied; median of 3)\n")
+    print("| change | new view data (s) | new error statistics (s) | target |")
+    print("|---|---|---|---|")
+    targets = {"lambda": "view <= 0.1", "iso level": "view <= 0.1", "sigma": "<= 1", "M": "<= 1", "molecule": "-"}
+    for k, (v, f) in py.items():
+        print(f"| {k} | {v:.3f} | {f:.3f} | {targets[k]} |")
+    if a.skip_browser:
+        return
+    br = browser_side(ds, m)
+    floor_swap, floor_load = br["floor: mesh swap"], br["floor: first load"]
+    print("\n## Headless Chromium (widget change -> new picture of the 3D view; median of 3)\n")
+    print("| update | app (s) | floor (s) | ratio | target |")
+    print("|---|---|---|---|---|")
+    for k in ("iso level", "lambda", "sigma", "M", "molecule"):
+        print(f"| {k} | {br[k]:.2f} | {floor_swap:.2f} | {br[k] / floor_swap:.2f} | <= 1.5 |")
+    print(f"| first page load, data cached | {br['first load (data cached)']:.2f} | {floor_load:.2f} | "
+          f"{br['first load (data cached)'] / floor_load:.2f} | <= 1.5 |")
+    print(f"| first page load, cold server | {br['first load (cold)']:.2f} | - | - | - |")
+    print(f"\nserver memory per extra browser session: {br['MB per extra session']:.0f} MB")
+    print(f"server logs free of tracebacks: app {br['app server clean']}, floor {br['floor server clean']}")
+
+
+if __name__ == "__main__":
+    main()
