@@ -66,6 +66,12 @@ class LRUCache:
         with self._lock:
             return list(self._data)
 
+    def items_like(self, prefix: tuple) -> list:
+        """``(key, value)`` pairs whose tuple key starts with ``prefix``."""
+        with self._lock:
+            return [(k, v) for k, (v, _) in self._data.items()
+                    if isinstance(k, tuple) and k[:len(prefix)] == prefix]
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

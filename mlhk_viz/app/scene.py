@@ -244,7 +244,7 @@ class Scene:
 
     def _kick(self):
         doc = self._session_doc()
-        if doc is None:
+        if doc is None or not self.pane._models:  # not shown yet: goes out with the first page
             if self._pending is not None:
                 self._apply(*self._pending)
                 self._pending = None

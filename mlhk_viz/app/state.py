@@ -94,7 +94,23 @@ class AppState(param.Parameterized):
             with self._quietly():
                 self.dataset = dataset
             self._dataset_changed(start=False)
-            self.request_fit()
+            if not self._from_cache():
+                self.request_fit()
+
+    def _from_cache(self) -> bool:
+        """A new session on knobs another session computed: take the results straight from the caches."""
+        from . import cache
+
+        src, vk = self.source(), self.view_knobs()
+        k = src[1]
+        res = next((v for key, v in cache.MODELS.items_like(("fit", k))), None)
+        vd = cache.GRIDS.get(("view", src, *vk))
+        if res is None or vd is None:
+            return False
+        self.result, self.view_data = res, vd
+        self._show_cv_choice()
+        self.status = "from the shared cache"
+        return True
 
     # -- plumbing ----------------------------------------------------------------------------
     def _direct(self, fn):

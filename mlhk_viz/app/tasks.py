@@ -26,6 +26,10 @@ class ViewData:
     std_range: tuple
     diff_level: float
 
+    @property
+    def key(self):
+        return (self.source, self.view_knobs)
+
 
 def _molecule(progress, source, i):
     if source[0] == "knobs":
@@ -34,7 +38,11 @@ def _molecule(progress, source, i):
 
 
 def view(progress, source, i, iso, diff_frac, show, layout, uncertainty):
-    """Densities of molecule ``i`` on the fine grid and the iso-surfaces for the view knobs."""
+    """Densities of molecule ``i`` on the fine grid and the iso-surfaces for the view knobs (memoised)."""
+    key = ("view", source, i, iso, diff_frac, tuple(show), layout, uncertainty)
+    got = cache.GRIDS.get(key)
+    if got is not None:
+        return got
     mol = _molecule(progress, source, i)
     progress(0, 1, "surfaces")
     dmax = float(np.abs(mol.diff).max())
@@ -42,7 +50,8 @@ def view(progress, source, i, iso, diff_frac, show, layout, uncertainty):
     meshes = scene.build_meshes(mol, iso, level, show, layout, uncertainty)
     progress(1, 1, "surfaces")
     hi = float(mol.std.max()) or 1e-12
-    return ViewData(source, mol, meshes, (i, iso, diff_frac, tuple(show), layout, uncertainty), (0.0, hi), level)
+    vd = ViewData(source, mol, meshes, (i, iso, diff_frac, tuple(show), layout, uncertainty), (0.0, hi), level)
+    return cache.GRIDS.put(key, vd)
 
 
 def prefetch(progress, dataset, ms, gamma, spacing):

@@ -165,9 +165,12 @@ def _result_knobs(result):
 def view3d(state, height=460, width=640):
     sc = Scene(height=height, width=width)
 
+    last = [None]
+
     def upd(*_):
         vd = state.view_data
-        if vd is not None:
+        if vd is not None and vd.key != last[0]:  # the same picture again: nothing to send
+            last[0] = vd.key
             sc.update(vd.meshes, vd.std_range)
 
     state.param.watch(upd, ["view_data"])
@@ -194,10 +197,17 @@ def _mol_caption(vd, result):
 
 # ------------------------------------------------------------------------------ slice
 def slice_view(state):
-    def img(view_data, slice_pos, slice_field):
+    def img(view_data, slice_pos, slice_field, dataset):
         if view_data is None:
-            kd = ["x (bohr)", "z (bohr)"]
-            return (hv.Image(np.zeros((2, 2)), kdims=kd, vdims=["value"]) * hv.Points([], kd)).opts(width=430, height=330)
+            # a blank frame on the data set's grid, so the first real one keeps the same axes
+            entry = compute.load_entry(dataset)
+            n = entry.normal
+            a, b = [d for d in range(3) if d != n]
+            xs, ys = entry.axes[a], entry.axes[b]
+            kd = [f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"]
+            return (hv.Image(np.zeros((len(ys), len(xs))), bounds=(xs[0], ys[0], xs[-1], ys[-1]), kdims=kd,
+                             vdims=["value"]).opts(cmap="viridis", colorbar=True, data_aspect=1)
+                    * hv.Points([], kd)).opts(width=430, height=330, toolbar="above")
         m = view_data.molecule
         n = m.normal
         a, b = [d for d in range(3) if d != n]
@@ -220,7 +230,9 @@ def slice_view(state):
             color="white", line_color="black", size=8)
         return (im * at).opts(width=430, height=330, toolbar="above", framewise=True)
 
-    dm = pn.bind(img, state.param.view_data, state.param.slice_pos, state.param.slice_field)
+    # a DynamicMap: each update sends new image data into the same Bokeh figure (no rebuild)
+    dm = hv.DynamicMap(pn.bind(img, state.param.view_data, state.param.slice_pos, state.param.slice_field,
+                               state.param.dataset))
     pos = pn.widgets.FloatSlider.from_param(state.param.slice_pos, name="Slice position (bohr)", step=0.05, css_classes=["w-slice"])
     field = pn.widgets.RadioButtonGroup.from_param(state.param.slice_field, name="Field", css_classes=["w-slice-field"])
     return pn.Column(pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["slice-plot"]), field, pos, width=450)
