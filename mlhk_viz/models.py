@@ -264,7 +264,11 @@ class MLHK(_Base):
         In units of the prior variance: 0 at training points, towards 1 far from them.
         """
         D = self.descriptor_distances(X)
-        return self.density_model_.variance(D)
+        sig, lam = np.atleast_1d(self.density_hyper_.sigma), np.atleast_1d(self.density_hyper_.lam)
+        if sig.size == 1 and lam.size == 1:
+            return self.density_model_.variance(D)
+        # per-coefficient hyperparameters: the variance of the typical coefficient (median sigma, lambda)
+        return self.density_model_.variance(D, sigma=float(np.median(sig)), lam=float(np.median(lam)))
 
     def error_decomposition(self, X, energies, coefficients) -> dict:
         """Per-molecule errors in Hartree: ``dE = dE_F + dE_D`` (the paper's Eq. 14, ML estimate).

@@ -13,7 +13,7 @@ from mlhk_viz.reference.pyscf_runner import single_point
 @pytest.fixture(scope="module")
 def cluster():
     # threads in this process, so the test can count and break chunk computations
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as c:
         yield c
 
 

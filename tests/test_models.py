@@ -133,3 +133,23 @@ def test_small_table1_h2(h2):
     assert s["mlhk_dE"][0] < s["mlks_dE"][0]
     # the per-molecule errors are the library's energies against DFT, in kcal/mol
     np.testing.assert_allclose(ev.errors["mlhk_dE"], (ev.mlhk.predict(h2.positions[test]) - h2.energies[test]) * KCAL_PER_HARTREE)
+
+
+def test_predictive_variance_vanishes_at_training_points(h2, h2_split):
+    train, test = h2_split
+    U = h2.coefficients()
+    for pc in (False, True):
+        m = MLHK(per_coefficient=pc).fit(h2.positions[train], h2.energies[train], U[train], numbers=h2.numbers)
+        v_train = m.predict_variance(h2.positions[train])
+        v_test = m.predict_variance(h2.positions[test])
+        lam_used = float(np.median(np.atleast_1d(m.density_hyper_.lam)))
+        # at a training point the latent variance is at most the noise variance lambda
+        assert np.all(v_train <= lam_used * 1.001 + 1e-9) and np.all(v_test >= 0)
+        assert v_test.max() > 10 * v_train.max()
+        # independent GP formula k** - k*^T (K + lam I)^-1 k* at the model's sigma, lambda
+        if not pc:
+            s, lam = m.density_hyper_.sigma, m.density_hyper_.lam
+            K = np.exp(-m.descriptor_distances(h2.positions[train]) / (2 * s * s))
+            ks = np.exp(-m.descriptor_distances(h2.positions[test]) / (2 * s * s))
+            ref = 1 - np.einsum("ij,ij->i", ks, np.linalg.solve(K + lam * np.eye(len(K)), ks.T).T)
+            np.testing.assert_allclose(v_test, np.maximum(ref, 0), atol=1e-8)
