@@ -89,10 +89,12 @@ def camera_for(axes, normal, side, step, n_copies):
     hi = hi + step * (n - 1)
     focal = (lo + hi) / 2
     width = float(np.max(hi - lo)) * 0.55
-    pos = focal.copy()
-    pos[normal] -= width / (2 * np.tan(np.radians(15)))
     up = np.zeros(3)
     up[[d for d in range(3) if d not in (normal, side)][0]] = 1.0
+    e_n = np.eye(3)[normal]
+    # look along +s e_n with s chosen so that the side-by-side axis points to the right on screen
+    s = 1.0 if np.cross(e_n, up)[side] > 0 else -1.0
+    pos = focal - s * e_n * width / (2 * np.tan(np.radians(15)))
     return tuple(map(tuple, (pos, focal, up)))
 
 
