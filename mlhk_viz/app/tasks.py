@@ -85,6 +85,14 @@ def _loaded(path):
     return cache.MODELS.get_or_compute(key, lambda: load_model(path))
 
 
+def _variance(model, positions):
+    """``model.predict_variance``; models from ``load_model`` lack ``density_hyper_``, so fall back to the KRR's own."""
+    try:
+        return model.predict_variance(positions)
+    except AttributeError:
+        return model.density_model_.variance(model.descriptor_distances(positions))
+
+
 def loaded_fit(progress, path, dataset):
     """A :class:`~mlhk_viz.app.compute.FitResult` for a model file on the current data set (library calls)."""
     from ..models import MLHK
@@ -108,7 +116,7 @@ def loaded_fit(progress, path, dataset):
     if isinstance(model, MLHK):
         E_hk = model.predict(ds.positions)
         dec = model.error_decomposition(ds.positions[t], ds.energies[t], entry.U[t])
-        var = model.predict_variance(ds.positions)
+        var = _variance(model, ds.positions)
         hk = compute.Choice(float(np.ravel(model.density_model_.sigma_)[0]), float(np.ravel(model.density_model_.lam_)[0]),
                             float("nan"), (False, False))
         en = compute.Choice(float(model.energy_model_.sigma_[0]), float(model.energy_model_.lam_[0]), float("nan"), (False, False))
@@ -145,7 +153,7 @@ def loaded_molecule(path, dataset, i, progress):
     b = entry.ds.basis
     pred = b.evaluate(c, *entry.axes).astype(np.float32)
     dft = compute.dft_grid(entry, i)
-    var = float(model.predict_variance(pos)[0])
+    var = float(_variance(model, pos)[0])
     # the spread of the model's own training densities is not in the file: use the data set's
     s2 = ((entry.U[entry.pool] - entry.U[entry.pool].mean(0)) ** 2).mean(0)
     std = (np.sqrt(var) * np.sqrt(np.maximum(compute._separable(s2, entry.axes, b, square=True), 0))).astype(np.float32)
