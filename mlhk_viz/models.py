@@ -264,7 +264,7 @@ class MLHK(_Base):
         In units of the prior variance: 0 at training points, towards 1 far from them.
         """
         D = self.descriptor_distances(X)
-        sig, lam = np.atleast_1d(self.density_hyper_.sigma), np.atleast_1d(self.density_hyper_.lam)
+        sig, lam = np.atleast_1d(self.density_model_.sigma_), np.atleast_1d(self.density_model_.lam_)
         if sig.size == 1 and lam.size == 1:
             return self.density_model_.variance(D)
         # per-coefficient hyperparameters: the variance of the typical coefficient (median sigma, lambda)
