@@ -40,10 +40,10 @@ ABOUT = """
 ### Uncertainty
 Kernel ridge regression is the mean of a Gaussian process. Its posterior variance at a geometry x,
 v(x) = 1 − k(x)ᵀ(K + λI)⁻¹k(x), is one number per molecule: 0 on a training geometry, growing towards 1 far from
-all of them. ML-HK treats every Fourier coefficient l as its own regression; reading each as a GP with prior
-variance s_l² (the spread of that coefficient over the training densities), the density's pointwise predictive
-standard deviation is sd(r) = sqrt(v(x) Σ_l s_l² φ_l(r)²). That field is what the slice's "uncertainty" shows and
-what colours the predicted surface.
+all of them. To turn it into a field, it is scaled by the spread of the training densities at each point,
+s(r) = sqrt(mean_i (n_i(r) − n̄(r))²) (the prior standard deviation of the density there):
+sd(r) = sqrt(v(x)) · s(r). That field is what the slice's "uncertainty" shows and what colours the predicted
+surface: large where the training densities differ and the molecule is far from the training geometries.
 
 ### Speed
 Distances are cached per (data set, γ, Δ, training set), one eigendecomposition of the kernel per σ, and the

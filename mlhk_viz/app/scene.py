@@ -106,13 +106,13 @@ def shifted(mesh, offset):
     return m
 
 
-def build_meshes(mol, iso: float, diff_iso: float, show, layout: str, uncertainty: bool) -> dict:
+def build_meshes(mol, iso: float, diff_iso: float, show, layout: str, uncertainty=None) -> dict:
     """Named meshes for the 3D view of a :class:`~mlhk_viz.app.compute.Molecule`.
 
     ``show`` is a subset of {"predicted", "DFT", "difference"}; "side by side" puts DFT and the
     difference next to the prediction (shifted along the molecular plane's shorter axis), so one
     camera serves all three; "overlay" draws them at the same place. The predicted surface is
-    coloured by the model's predictive standard deviation when ``uncertainty`` is on.
+    coloured by ``uncertainty`` (the predictive standard deviation field) when it is given.
     """
     axes = mol.axes
     ext = np.array([a[-1] - a[0] for a in axes])
@@ -124,7 +124,7 @@ def build_meshes(mol, iso: float, diff_iso: float, show, layout: str, uncertaint
     slot = 0
     atoms = atoms_mesh(mol.numbers, mol.atoms_bohr)
     if "predicted" in show:
-        extra = {"std": mol.std} if uncertainty else None
+        extra = {"std": uncertainty} if uncertainty is not None else None
         out["pred"] = contour(mol.pred, axes, iso, extra)
         out["atoms0"] = atoms
         slot += 1

@@ -47,9 +47,10 @@ def view(progress, source, i, iso, diff_frac, show, layout, uncertainty):
     progress(0, 1, "surfaces")
     dmax = float(np.abs(mol.diff).max())
     level = max(diff_frac * dmax, 1e-12)
-    meshes = scene.build_meshes(mol, iso, level, show, layout, uncertainty)
+    std = mol.std if uncertainty else None
+    meshes = scene.build_meshes(mol, iso, level, show, layout, std)
     progress(1, 1, "surfaces")
-    hi = float(mol.std.max()) or 1e-12
+    hi = (float(std.max()) or 1e-12) if std is not None else 1.0
     vd = ViewData(source, mol, meshes, (i, iso, diff_frac, tuple(show), layout, uncertainty), (0.0, hi), level)
     return cache.GRIDS.put(key, vd)
 
@@ -154,10 +155,8 @@ def loaded_molecule(path, dataset, i, progress):
     pred = b.evaluate(c, *entry.axes).astype(np.float32)
     dft = compute.dft_grid(entry, i)
     var = float(_variance(model, pos)[0])
-    # the spread of the model's own training densities is not in the file: use the data set's
-    s2 = ((entry.U[entry.pool] - entry.U[entry.pool].mean(0)) ** 2).mean(0)
-    std = (np.sqrt(var) * np.sqrt(np.maximum(compute._separable(s2, entry.axes, b, square=True), 0))).astype(np.float32)
-    mol = compute.Molecule(int(i), entry.axes, entry.ds.numbers, entry.ds.positions[i] / Bohr, pred, dft, pred - dft, std,
+    # the model's own training densities are not in the file: scale by the spread of the data set's pool
+    mol = compute.Molecule(int(i), entry.axes, entry.ds.numbers, entry.ds.positions[i] / Bohr, pred, dft, pred - dft,
                            var, float(b.electron_count(c)), float(b.electron_count(entry.U[i])),
-                           float(np.linalg.norm(c - entry.U[i])), entry.normal)
+                           float(np.linalg.norm(c - entry.U[i])), entry.normal, dataset, entry.pool)
     return cache.GRIDS.put(key, mol)
