@@ -40,7 +40,8 @@ def contour(field, axes, level, extra: dict | None = None):
     lo, hi = float(np.min(field)), float(np.max(field))
     if not lo < level < hi:
         return None
-    mesh = img.contour([float(level)], scalars="f", method="flying_edges")
+    # flying edges is the fastest but drops other point arrays; the generic filter interpolates them
+    mesh = img.contour([float(level)], scalars="f", method="contour" if extra else "flying_edges")
     if mesh.n_points == 0:
         return None
     return mesh
