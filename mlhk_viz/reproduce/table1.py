@@ -76,11 +76,12 @@ def run(out: Path, data_dir: Path, curve_max: int = 100, progress: Progress = nu
     for mol, fname in FILES.items():
         ds = Dataset.load(Path(data_dir) / fname)
         ds.coefficients(progress)  # build or read the coefficient cache once, with progress
-        rows += table_rows(ds, SIZES[mol], progress=progress)
         test, pool = split(ds)
-        sizes = [m for m in CURVE_SIZES if m <= min(curve_max, len(pool))]
-        curve += table_rows(ds, sizes, progress=progress)
-    rows = [r for r in rows if r["quantity"] in QUANTITIES]
+        # one pass over all sizes: the table's M are points of the learning curve
+        sizes = sorted(set(SIZES[mol]) | {m for m in CURVE_SIZES if m <= min(curve_max, len(pool))})
+        mol_rows = table_rows(ds, sizes, progress=progress)
+        curve += mol_rows
+        rows += [r for r in mol_rows if r["M"] in SIZES[mol] and r["quantity"] in QUANTITIES]
     (out / "table1.json").write_text(json.dumps(rows, indent=1))
     (out / "learning_curve.json").write_text(json.dumps(curve, indent=1))
     md = format_markdown(rows, curve)
