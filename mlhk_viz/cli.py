@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+REPRODUCIBLE = ("table1", "table2", "fig2", "fig3a", "fig3b")
 
 
 def _cmd_generate(args) -> int:
@@ -65,20 +66,29 @@ def _cmd_generate_pbe(args) -> int:
     bar = TqdmProgress()
     generate(f"{args.target}-{args.set}", out, numbers, pos, chunk_size=args.chunk_size, scheduler=args.scheduler,
              n_workers=args.workers, ordered=args.set == "trace",
-             description=f"PBE for {args.target} MD snapshots, set {args.set} ({info['source']})", progress=bar)
+             description=f"PBE for {args.target} MD snapshots, set {args.set} ({info['source']})", progress=bar,
+             limit=args.limit)
     bar.close()
     return 0
 
 
 def _cmd_reproduce(args) -> int:
     from .progress import TqdmProgress
-    from .reproduce import table1
+    from .reproduce import figures, table1, table2
 
-    if args.what != "table1":
-        print(f"mlhk-viz reproduce: {args.what!r} is not available yet (table1 is)", file=sys.stderr)
+    if args.what not in REPRODUCIBLE:
+        print(f"mlhk-viz reproduce: unknown target {args.what!r}; choose from {', '.join(REPRODUCIBLE)}", file=sys.stderr)
         return 2
     bar = TqdmProgress()
-    table1.run(Path(args.out), data_dir=Path(args.data_dir), curve_max=args.curve_max, progress=bar, log=print)
+    data_dir = Path(args.data_dir)
+    md_dir = Path(args.md_dir) if args.md_dir else data_dir / "md"
+    if args.what == "table1":
+        table1.run(Path(args.out), data_dir=data_dir, curve_max=args.curve_max, progress=bar, log=print)
+    elif args.what == "table2":
+        molecules = tuple(args.molecules.split(",")) if args.molecules else table2.MOLECULES
+        table2.run(Path(args.out), data_dir, md_dir, m=args.m, molecules=molecules, progress=bar, log=print)
+    else:
+        getattr(figures, args.what)(Path(args.out), data_dir, md_dir, m=args.m, progress=bar, log=print)
     bar.close()
     return 0
 
@@ -126,13 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
     g.add_argument("--workers", type=int, default=2, help="local single-threaded workers (default 2)")
     g.add_argument("--chunk-size", type=int, default=10, help="geometries per resumable chunk")
+    g.add_argument("--limit", type=int, help="with pbe: compute only the first LIMIT geometries of the set "
+                   "(any prefix of a training set is itself spread out; rerun to extend)")
     g.set_defaults(func=_cmd_generate)
 
     r = sub.add_parser("reproduce", help="reproduce a table or figure of the paper")
-    r.add_argument("what", help="table1")
+    r.add_argument("what", help=", ".join(REPRODUCIBLE))
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--data-dir", default=str(DATA_DIR), help="folder with h2.npz and h2o.npz")
-    r.add_argument("--curve-max", type=int, default=100, help="largest M of the learning curve")
+    r.add_argument("--data-dir", default=str(DATA_DIR), help="folder with the data sets (h2.npz, h2o.npz, MD sets)")
+    r.add_argument("--md-dir", help="folder with the classical trajectories (default DATA_DIR/md)")
+    r.add_argument("--curve-max", type=int, default=100, help="table1: largest M of the learning curve")
+    r.add_argument("--m", type=int, help="table2/figures: cap on the training size (default: all PBE frames that exist)")
+    r.add_argument("--molecules", help="table2: comma-separated subset of benzene,ethane,malonaldehyde")
     r.set_defaults(func=_cmd_reproduce)
 
     i = sub.add_parser("info", help="describe a data-set file")

@@ -203,10 +203,17 @@ class Dataset:
             progress(k + 1, len(idx), "densities")
         return out
 
+    def _content_sha256(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.numbers.astype(np.int64), self.positions.astype(float), self.mo_coeff.astype(np.float32),
+                  self.mo_occ.astype(np.float32)):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(json.dumps(self.meta.get("method", {}), sort_keys=True).encode())
+        return h.hexdigest()
+
     def _cached_coefficients(self, progress: Progress) -> np.ndarray:
-        if self.path is None:
-            return self.compute_coefficients(progress=progress)
-        src = file_sha256(self.path)
+        # a file is keyed by its bytes; an in-memory set (a partial MD set) by its content
+        src = file_sha256(self.path) if self.path is not None else self._content_sha256()
         stem = cache_dir() / f"{self.name}-{src[:16]}-v{CACHE_VERSION}"
         npy, side = stem.with_suffix(".npy"), stem.with_suffix(".json")
         if npy.is_file() and side.is_file():
@@ -225,7 +232,7 @@ class Dataset:
                 pass  # unreadable cache: rebuild below
         coeffs = self.compute_coefficients(progress=progress)
         _atomic_write(npy, lambda tmp: np.save(open(tmp, "wb"), coeffs.astype(np.float32)))
-        info = {"source": str(self.path), "source_sha256": src, "cache_version": CACHE_VERSION,
+        info = {"source": str(self.path) if self.path else f"in memory: {self.name}", "source_sha256": src, "cache_version": CACHE_VERSION,
                 "array_sha256": file_sha256(npy), "shape": list(coeffs.shape), "dtype": "float32"}
         _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
         # what later sessions read back is the float32 copy: return exactly that

@@ -57,6 +57,58 @@ def align(positions, reference, weights=None) -> np.ndarray:
     return out
 
 
+def kabsch_rmsd(positions, reference, weights=None) -> np.ndarray:
+    """Weighted RMSD after the best proper rotation, for a batch: ``(...,)`` Å.
+
+    positions : ``(..., n_atoms, 3)`` Å, each already centred; reference : ``(n_atoms, 3)`` Å,
+    centred. Batched 3x3 SVDs (the same fit as :func:`align`), to score many candidates at once.
+    """
+    p = np.asarray(positions, float)
+    ref = np.asarray(reference, float)
+    w = np.ones(ref.shape[0]) if weights is None else np.asarray(weights, float)
+    h = np.einsum("a,...ai,aj->...ij", w, p, ref)
+    u, s, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(u @ vt))  # reflections are not allowed
+    s[..., -1] *= d
+    e0 = np.einsum("a,...ai,...ai->...", w, p, p) + np.einsum("a,ai,ai->", w, ref, ref)
+    return np.sqrt(np.maximum(e0 - 2 * s.sum(-1), 0.0) / w.sum())
+
+
+def align_symmetric(positions, reference, permutations, weights=None, tol: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Align like :func:`align`, also choosing the best ordering of symmetry-equivalent atoms.
+
+    Methyl rotors and ring flips exchange chemically equivalent atoms during MD, so matching atoms by
+    index can pair an H with the wrong reference H and tilt the whole fit. ``permutations`` ``(P,
+    n_atoms)`` lists the allowed orderings (the molecular graph's automorphisms, identity first):
+    molecule ``k`` reordered by ``perm`` has atom ``perm[j]`` in the role of reference atom ``j``.
+    Each molecule gets the ordering of least Kabsch RMSD, but keeps its own (the identity) unless
+    another ordering is better by more than ``tol`` Å: a symmetric reference (benzene) matches its
+    rotated copies almost equally well, and relabelling on such near-ties would only churn. Only
+    re-ordered molecules are re-aligned, so already-aligned data stay bit-identical.
+
+    Returns ``(aligned (n, n_atoms, 3) Å, chosen (n,) int index into permutations)``.
+    """
+    p = as_positions(positions)
+    perms = np.asarray(permutations, int)
+    if perms.ndim != 2 or perms.shape[1] != p.shape[1]:
+        raise ValueError(f"align_symmetric: permutations must be (P, {p.shape[1]}), got {perms.shape}")
+    if not np.array_equal(perms[0], np.arange(p.shape[1])):
+        raise ValueError("align_symmetric: the first permutation must be the identity")
+    w = None if weights is None else np.asarray(weights, float)
+    if w is not None and not all(np.allclose(w[q], w) for q in perms):
+        raise ValueError("align_symmetric: a permutation exchanges atoms of different weight")
+    pc = centre(p, w)
+    ref = centre(reference, w)[0]
+    rmsd = kabsch_rmsd(pc[:, perms], ref, w)  # (n, P)
+    best = np.argmin(rmsd, axis=1)
+    best[rmsd[np.arange(len(p)), best] > rmsd[:, 0] - tol] = 0
+    out = p.copy()
+    moved = np.flatnonzero(best != 0)
+    if len(moved):
+        out[moved] = align(p[moved[:, None], perms[best[moved]]], reference, w)
+    return out, best
+
+
 def kmeans_select(features, m: int, seed: int = 0, candidates=None, n_init: int | None = None) -> np.ndarray:
     """Pick ``m`` training points spread evenly over feature space.
 

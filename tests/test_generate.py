@@ -58,3 +58,37 @@ def test_interrupted_generation_resumes_without_redoing(tmp_path, cluster, monke
     direct = [single_point(numbers, p)["energy"] for p in pos]
     np.testing.assert_allclose(back.energies, direct, rtol=0, atol=1e-9)
     assert back.meta["method"]["pyscf_version"]
+
+
+@pytest.mark.slow
+def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path, cluster, monkeypatch):
+    numbers, pos = h2(5)
+    out = tmp_path / "h2five.npz"
+    real = gen.compute_chunk
+    log = tmp_path / "calls.txt"
+
+    def counting(numbers, positions, method):
+        with open(log, "a") as fh:
+            fh.write(f"{len(positions)}\n")
+        return real(numbers, positions, method)
+
+    n_calls = lambda: [int(x) for x in log.read_text().split()] if log.exists() else []  # noqa: E731
+    monkeypatch.setattr(gen, "compute_chunk", counting)
+    kw = dict(chunk_size=2, scheduler=cluster.scheduler_address, log=lambda *a: None)
+    assert gen.generate("H2", out, numbers, pos, limit=3, **kw) is None  # chunks [0,2) and [2,4)
+    assert sorted(n_calls()) == [2, 2] and not out.exists()
+    from mlhk_viz.datasets import load_npz
+    parts = gen.parts_dir(out, numbers, pos, gen.DEFAULT_METHOD)
+    bounds = sorted(load_npz(f, kind=gen.CHUNK_FORMAT)[1]["bounds"] for f in parts.glob("chunk-*.npz"))
+    assert bounds == [[0, 2], [2, 4]]
+    with pytest.raises(ValueError, match="limit"):
+        gen.generate("H2", out, numbers, pos, limit=0, **kw)
+    ds = gen.generate("H2", out, numbers, pos, **kw)
+    assert sorted(n_calls()) == [1, 2, 2], "only the last chunk is computed"
+    assert len(ds) == 5 and out.exists()
+    again = gen.generate("H2", out, numbers, pos, **kw)
+    assert sorted(n_calls()) == [1, 2, 2], "a complete file is returned, not recomputed"
+    np.testing.assert_array_equal(again.energies, ds.energies)
+    other = pos.copy()
+    other[0, 1, 0] += 0.01
+    assert gen._complete(out, numbers, other, gen.DEFAULT_METHOD) is None, "other geometries are not taken for it"

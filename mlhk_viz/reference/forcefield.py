@@ -189,3 +189,23 @@ def molecule(name: str, variant: str = "MMFF94"):
     atoms = Atoms(numbers=numbers, positions=pos)
     atoms.calc = MMFF94Calculator(out, variant=variant)
     return out, atoms
+
+
+def symmetry_permutations(name: str) -> np.ndarray:
+    """The atom orderings that leave the molecular graph unchanged: ``(P, n_atoms)``, identity first.
+
+    RDKit's substructure self-match with explicit hydrogens enumerates the graph automorphisms
+    (benzene 12, ethane 72, malonaldehyde 1). Row ``perm`` maps reference atom ``j`` to atom
+    ``perm[j]``; :func:`mlhk_viz.geometry.align_symmetric` uses them to undo methyl rotations.
+    """
+    _require_rdkit()
+    from rdkit import Chem
+
+    key = name.lower()
+    if key not in SMILES:
+        raise ValueError(f"symmetry_permutations: unknown molecule {name!r}; choose from {sorted(SMILES)}")
+    mol = Chem.AddHs(Chem.MolFromSmiles(SMILES[key]))
+    matches = mol.GetSubstructMatches(mol, uniquify=False, useChirality=False, maxMatches=100000)
+    perms = np.unique(np.array(matches, int), axis=0)
+    ident = np.arange(mol.GetNumAtoms())
+    return np.vstack([ident, perms[~(perms == ident).all(1)]])

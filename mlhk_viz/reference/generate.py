@@ -71,6 +71,22 @@ def _read_chunk(path: Path, n_expected: int) -> dict | None:
     return arrays
 
 
+def _complete(out, numbers, positions, method) -> Dataset | None:
+    """The finished output file if it holds exactly these geometries with this method, else None."""
+    out = Path(out)
+    if not out.is_file():
+        return None
+    try:
+        ds = Dataset.load(out)
+    except DatasetError:
+        return None
+    same_method = all(ds.meta.get("method", {}).get(k) == v for k, v in method.items())
+    if same_method and np.array_equal(ds.numbers, numbers) and ds.positions.shape == positions.shape \
+            and np.array_equal(ds.positions, positions):
+        return ds
+    return None
+
+
 def generate(
     name: str,
     out,
@@ -84,16 +100,27 @@ def generate(
     description: str = "",
     progress: Progress = null_progress,
     log=print,
-) -> Dataset:
+    limit: int | None = None,
+) -> Dataset | None:
     """Compute PBE energies and densities for ``positions`` ``(n, n_atoms, 3)`` Å and write ``out``.
 
     Resumable (see the module doc). Returns the assembled :class:`~mlhk_viz.datasets.Dataset`.
     Geometries whose SCF does not converge after the retries are kept with ``converged=False``
     and listed in the log; models skip them by default.
+
+    ``limit``: compute only the chunks that start below this many geometries (a prefix of the set;
+    the chunks and the parts folder are the same as for the whole set, so a later run with a larger
+    limit, or none, continues where this one stopped). Returns None while the set is incomplete;
+    :func:`mlhk_viz.reference.md_sets.load_partial` reads the finished prefix.
     """
     numbers = np.asarray(numbers, int)
     positions = np.asarray(positions, float)
     n = len(positions)
+    done_before = _complete(out, numbers, positions, method)
+    if done_before is not None:
+        log(f"{name}: {out} is already complete ({n} geometries); nothing to compute")
+        progress(n, n, f"PBE {name}")
+        return done_before
     parts = parts_dir(out, numbers, positions, method)
     parts.mkdir(parents=True, exist_ok=True)
     (parts / "manifest.json").write_text(json.dumps(
@@ -101,8 +128,11 @@ def generate(
     bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     chunk_path = lambda i: parts / f"chunk-{i:05d}.npz"  # noqa: E731
     done = {i: c for i, (s, e) in enumerate(bounds) if (c := _read_chunk(chunk_path(i), e - s)) is not None}
-    todo = [i for i in range(len(bounds)) if i not in done]
-    log(f"{name}: {n} geometries in {len(bounds)} chunks; {len(done)} already done, {len(todo)} to compute")
+    if limit is not None and limit < 1:
+        raise ValueError(f"generate: limit must be a positive number of geometries, got {limit}")
+    todo = [i for i in range(len(bounds)) if i not in done and (limit is None or bounds[i][0] < limit)]
+    log(f"{name}: {n} geometries in {len(bounds)} chunks; {len(done)} already done, {len(todo)} to compute"
+        + (f" (up to geometry {limit})" if limit is not None else ""))
     progress(sum(bounds[i][1] - bounds[i][0] for i in done), n, f"PBE {name}")
 
     if todo:
@@ -124,6 +154,10 @@ def generate(
             if cluster is not None:
                 cluster.close()
 
+    if len(done) < len(bounds):
+        log(f"{name}: {sum(bounds[i][1] - bounds[i][0] for i in done)} of {n} geometries done; "
+            f"rerun without --limit to finish ({parts})")
+        return None
     cat = lambda k: np.concatenate([done[i][k] for i in range(len(bounds))])  # noqa: E731
     converged = cat("converged").astype(bool)
     bad = np.flatnonzero(~converged)

@@ -12,3 +12,17 @@ TABLE1 = {
 }
 
 QUANTITIES = {"mlks_dE": "ML-KS ΔE", "mlhk_dE": "ML-HK ΔE", "mlhk_dED": "ML-HK ΔE_D"}
+
+#: Table 2 (ML-HK, M = 2000): (molecule, training pools) -> {quantity: (MAE, max)}
+TABLE2 = {
+    ("benzene", "300"): {"mlhk_dE": (0.42, 1.7), "mlhk_dED": (0.32, 1.5)},
+    ("benzene", "300+350"): {"mlhk_dE": (0.37, 1.8), "mlhk_dED": (0.28, 1.5)},
+    ("benzene", "300+400"): {"mlhk_dE": (0.47, 2.3), "mlhk_dED": (0.30, 1.8)},
+    ("ethane", "300"): {"mlhk_dE": (0.20, 1.5), "mlhk_dED": (0.17, 1.3)},
+    ("ethane", "300+350"): {"mlhk_dE": (0.23, 1.4), "mlhk_dED": (0.19, 1.1)},
+    ("ethane", "300+400"): {"mlhk_dE": (0.14, 1.7), "mlhk_dED": (0.098, 0.62)},
+    ("malonaldehyde", "300+350"): {"mlhk_dE": (0.27, 1.2), "mlhk_dED": (0.21, 0.74)},
+}
+
+#: density errors (normalised L1, %) published by other models on the paper's MD data
+DENSITY_L1_PUBLISHED = {"benzene": {"GPWNO": 2.45, "InfGCN": 5.11}, "ethane": {"GPWNO": 3.67}}

@@ -1,0 +1,209 @@
+"""The paper's Fig. 2 and Fig. 3: ML-HK energies along trajectories against PBE.
+
+* ``fig2``: ML-HK (and ML-KS) energies along the 20 ps classical 300 K trajectories of benzene and
+  ethane (the ``trace`` MD sets, every 50 fs) against their PBE energies.
+* ``fig3a``: along the PBE ab-initio MD trajectory of malonaldehyde with a proton transfer
+  (:mod:`mlhk_viz.reference.aimd`).
+* ``fig3b``: a 1 ps, 300 K Langevin run (0.5 fs step, friction 0.01 fs⁻¹) driven by ML-HK forces for
+  malonaldehyde, with PBE single points on its snapshots (resumable, like every PBE job).
+
+Each writes ``<fig>.csv`` (one row per frame; energies in kcal/mol relative to the mean PBE energy of
+the frames that have one, and in Hartree) and ``<fig>.png``; models are trained on the largest
+training set with PBE data (``--m`` caps it), hyperparameters by LOO CV as for Table 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluation import KCAL_PER_HARTREE
+from ..models import MLHK, MLKS
+from ..progress import Progress, null_progress
+from .table2 import TRAININGS, load_sets
+
+#: which training set a figure uses when several exist with as many frames (the paper's choice first)
+PREFERENCE = {"benzene": ("300", "300+350", "300+400"), "ethane": ("300", "300+350", "300+400"),
+              "malonaldehyde": ("300+350", "300", "300+400")}
+
+
+def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
+    """``(training label, Dataset, indices)``: the training set with the most PBE frames (first ``m``)."""
+    _, trains = load_sets(molecule, data_dir, md_dir)
+    if not trains:
+        raise ValueError(f"{molecule}: no training frames with PBE data yet; run `mlhk-viz generate pbe {molecule} "
+                         f"{TRAININGS[PREFERENCE[molecule][0]]} --limit 100`")
+    label = max(PREFERENCE[molecule], key=lambda t: (int(trains[t].converged.sum()) if t in trains else -1,
+                                                     -PREFERENCE[molecule].index(t)))
+    ds = trains[label]
+    idx = np.flatnonzero(ds.converged)[:m]
+    return label, ds, idx
+
+
+def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), progress: Progress = null_progress):
+    """ML-HK (and ML-KS) fitted on :func:`training_set`, aligning new geometries onto the MD reference."""
+    from ..reference.md import load_trajectory
+
+    label, ds, idx = training_set(molecule, data_dir, md_dir, m)
+    ref = load_trajectory(Path(md_dir) / f"{molecule}-test-300K.npz")["reference"]
+    out = {"training": label, "M": int(len(idx))}
+    if "mlhk" in kinds:
+        out["mlhk"] = MLHK(reference=ref).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress)[idx],
+                                             numbers=ds.numbers, progress=progress)
+    if "mlks" in kinds:
+        out["mlks"] = MLKS(reference=ref).fit(ds.positions[idx], ds.energies[idx], numbers=ds.numbers)
+    return out
+
+
+def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict, log) -> dict:
+    """CSV + PNG of energy traces; ``series`` name -> (n,) Hartree with NaN where not computed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pbe = series["pbe"]
+    shift = float(np.nanmean(pbe)) if np.any(np.isfinite(pbe)) else float(np.nanmean(series["mlhk"]))
+    rel = {k: (v - shift) * KCAL_PER_HARTREE for k, v in series.items()}
+    path = out / f"{name}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time_fs"] + [f"E_{k}_kcal_per_mol" for k in series] + [f"E_{k}_hartree" for k in series])
+        for i, t in enumerate(times_fs):
+            w.writerow([f"{t:g}"] + [("" if not np.isfinite(rel[k][i]) else f"{rel[k][i]:.6f}") for k in series]
+                       + [("" if not np.isfinite(series[k][i]) else f"{series[k][i]:.10f}") for k in series])
+    stats = {}
+    both = np.isfinite(pbe) & np.isfinite(series["mlhk"])
+    for k in series:
+        if k != "pbe":
+            ok = np.isfinite(pbe) & np.isfinite(series[k])
+            if ok.any():
+                err = np.abs(series[k][ok] - pbe[ok]) * KCAL_PER_HARTREE
+                stats[k] = {"mae": float(err.mean()), "max": float(err.max()), "n": int(ok.sum())}
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    style = {"pbe": dict(color="tab:blue", label="PBE"), "mlhk": dict(color="tab:red", label="ML-HK"),
+             "mlks": dict(color="0.5", lw=0.8, ls="--", label="ML-KS")}
+    t_ps = np.asarray(times_fs) / 1000.0
+    for k, v in rel.items():
+        ok = np.isfinite(v)
+        sparse = ok.sum() < 0.5 * len(v)
+        ax.plot(t_ps[ok], v[ok], marker="o" if sparse else None, ms=3, lw=1.0 if not sparse else 0, **style[k])
+    ax.set_xlabel("time (ps)")
+    ax.set_ylabel("E − ⟨E_PBE⟩ (kcal/mol)")
+    s = stats.get("mlhk")
+    ax.set_title(title + (f"\nML-HK vs PBE: MAE {s['mae']:.2f}, max {s['max']:.2f} kcal/mol ({s['n']} frames)"
+                          if s else ""), fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png")
+    plt.close(fig)
+    info = dict(meta, stats=stats, frames=int(len(times_fs)), frames_with_pbe=int(np.isfinite(pbe).sum()),
+                both=int(both.sum()))
+    (out / f"{name}.json").write_text(json.dumps(info, indent=1))
+    log(f"wrote {path}, {out / f'{name}.png'}: " + ", ".join(f"{k} MAE {v['mae']:.3g} max {v['max']:.3g} kcal/mol"
+                                                            for k, v in stats.items()))
+    return info
+
+
+def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progress: Progress = null_progress,
+         log=print) -> dict:
+    """Energies along the 20 ps classical trajectories (PBE frames that exist), ML-HK and ML-KS."""
+    from ..reference.md_sets import load_partial
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {}
+    for mol in molecules:
+        trace = load_partial(mol, "trace", data_dir, md_dir)
+        if trace is None:
+            log(f"fig2 {mol}: no PBE frames of the trace yet (`mlhk-viz generate pbe {mol} trace`); skipped")
+            continue
+        models = fit_models(mol, data_dir, md_dir, m, progress=progress)
+        from ..reference.md_sets import frames
+
+        _, _, info = frames(mol, "trace", md_dir)
+        times = np.asarray(info["times_fs"])[trace.meta["frames"]]
+        ok = trace.converged
+        series = {"pbe": np.where(ok, trace.energies, np.nan), "mlhk": models["mlhk"].predict(trace.positions),
+                  "mlks": models["mlks"].predict(trace.positions)}
+        res[mol] = _write(out, f"fig2-{mol}", times, series,
+                          f"Fig. 2: {mol}, 300 K classical MD (ML-HK trained on {models['training']} K, M = {models['M']})",
+                          {"molecule": mol, "training": models["training"], "M": models["M"]}, log)
+    return res
+
+
+def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: float = 5.0,
+          pbe_every_fs: float = 50.0, forces: str = "fd", seed: int = 0, n_workers: int = 2,
+          progress: Progress = null_progress, log=print) -> dict:
+    """ML-HK-driven Langevin MD of malonaldehyde and PBE single points on its snapshots.
+
+    ``forces="fd"`` is the paper's central finite differences (ε = 0.001 Å); ``"analytic"`` gives
+    the same forces to 1e-6 relative at one evaluation per step. The trajectory is saved as
+    ``fig3b-trajectory.npz`` and reused when it exists for the same model (so a rerun only finishes
+    the PBE single points).
+    """
+    from ..datasets import load_npz, save_npz
+    from ..dynamics import run_md
+    from ..reference.generate import generate
+    from ..reference.md import load_trajectory
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    mol = "malonaldehyde"
+    models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), progress=progress)
+    model = models["mlhk"]
+    start = load_trajectory(Path(md_dir) / f"{mol}-test-300K.npz")
+    numbers = start["numbers"]
+    key = {"training": models["training"], "M": models["M"], "duration_fs": duration_fs, "every_fs": every_fs,
+           "seed": seed, "forces": forces, "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
+           "lam": float(np.atleast_1d(model.density_model_.lam_)[0])}
+    traj_path = out / "fig3b-trajectory.npz"
+    traj = None
+    if traj_path.is_file():
+        arrays, meta = load_npz(traj_path, kind="mlhk-viz-mlhk-md")
+        if meta.get("key") == key:
+            traj = arrays
+            log(f"fig3b: reusing {traj_path}")
+    if traj is None:
+        t0 = time.perf_counter()
+        log(f"fig3b: {duration_fs:g} fs of Langevin MD on ML-HK ({forces} forces, M = {models['M']})")
+        r = run_md(model, numbers, start["reference"], duration_fs=duration_fs, every_fs=every_fs, seed=seed,
+                   forces=forces, on_frame=lambda f: progress(int(f["time_fs"]), int(duration_fs), "ML-HK MD"))
+        traj = {k: r[k] for k in ("times_fs", "positions", "energies_hartree", "kinetic_eV", "temperature_K")}
+        save_npz(traj_path, traj, {"format": "mlhk-viz-mlhk-md", "version": 1, "key": key, "status": r["status"],
+                                   "numbers": numbers.tolist(), "seconds": time.perf_counter() - t0})
+        log(f"fig3b: {r['status']} after {r['steps']} steps in {time.perf_counter() - t0:.0f} s")
+    _, meta = load_npz(traj_path, kind="mlhk-viz-mlhk-md")
+    times = traj["times_fs"]
+    pick = np.flatnonzero(np.isclose(np.mod(times + 1e-9, pbe_every_fs), 0, atol=1e-6))
+    ds = generate(f"{mol}-mlhk-md", out / "fig3b-pbe.npz", numbers, traj["positions"][pick], chunk_size=4,
+                  n_workers=n_workers, progress=progress, log=log,
+                  description="PBE single points on snapshots of the ML-HK-driven MD (Fig. 3b)")
+    pbe = np.full(len(times), np.nan)
+    pbe[pick] = np.where(ds.converged, ds.energies, np.nan)
+    return _write(out, "fig3b", times, {"pbe": pbe, "mlhk": traj["energies_hartree"]},
+                  f"Fig. 3b: malonaldehyde, 300 K Langevin MD on ML-HK forces ({meta['status']})",
+                  dict(key, status=meta["status"]), log)
+
+
+def fig3a(out, data_dir, md_dir, m=None, progress: Progress = null_progress, log=print) -> dict:
+    """ML-HK along the PBE ab-initio MD of malonaldehyde (``data/malonaldehyde-aimd.npz``)."""
+    from ..datasets import Dataset
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = Path(data_dir) / "malonaldehyde-aimd.npz"
+    if not path.is_file():
+        raise ValueError(f"fig3a needs {path}: run `python -m mlhk_viz.reference.aimd` first (PBE AIMD, resumable)")
+    ds = Dataset.load(path)
+    models = fit_models("malonaldehyde", data_dir, md_dir, m, kinds=("mlhk", "mlks"), progress=progress)
+    times = np.asarray(ds.meta["times_fs"])
+    series = {"pbe": np.where(ds.converged, ds.energies, np.nan), "mlhk": models["mlhk"].predict(ds.positions),
+              "mlks": models["mlks"].predict(ds.positions)}
+    return _write(out, "fig3a", times, series,
+                  f"Fig. 3a: malonaldehyde PBE AIMD with proton transfer (ML-HK M = {models['M']})",
+                  {"training": models["training"], "M": models["M"]}, log)
