@@ -72,6 +72,22 @@ def _cmd_generate_pbe(args) -> int:
     return 0
 
 
+def _cmd_assemble(args) -> int:
+    from .reference.md import MOLECULES
+    from .reference.md_sets import assemble
+
+    if args.molecule not in MOLECULES:
+        print(f"mlhk-viz assemble: unknown molecule {args.molecule!r}; choose from {list(MOLECULES)}", file=sys.stderr)
+        return 2
+    ds = assemble(args.molecule, DATA_DIR, DATA_DIR / "md", training=args.training, m=args.m)
+    out = Path(args.out or DATA_DIR / f"{args.molecule}-md.npz")
+    ds.save(out)
+    r = ds.meta["roles"]
+    print(f"wrote {out}: {len(r['pool'])} pool, {len(r['test'])} test, {len(r['trajectory'])} trajectory frames "
+          f"({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def _cmd_reproduce(args) -> int:
     from .progress import TqdmProgress
     from .reproduce import figures, table1, table2
@@ -149,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--m", type=int, help="table2/figures: cap on the training size (default: all PBE frames that exist)")
     r.add_argument("--molecules", help="table2: comma-separated subset of benzene,ethane,malonaldehyde")
     r.set_defaults(func=_cmd_reproduce)
+
+    a = sub.add_parser("assemble", help="one data set of an MD molecule's PBE frames (pool, test, trace) for the app")
+    a.add_argument("molecule", help="benzene, ethane or malonaldehyde")
+    a.add_argument("--training", help="train300, train300+350 or train300+400 (default: the one with most frames)")
+    a.add_argument("--m", type=int, help="cap on the training-pool frames")
+    a.add_argument("--out", help="output file (default data/<molecule>-md.npz)")
+    a.set_defaults(func=_cmd_assemble)
 
     i = sub.add_parser("info", help="describe a data-set file")
     i.add_argument("path")

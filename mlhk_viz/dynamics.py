@@ -591,7 +591,8 @@ def run_md(model, numbers, positions, duration_fs: float = 1000.0, timestep_fs: 
     is recorded and passed to ``on_frame(frame_dict)`` (for a live trace); ``should_stop()`` is polled
     at each frame and ends the run early. The run also stops, flagged ``"blew_up"``, if any bonded
     pair (closer than 1.25x their covalent radii sum at the start) stretches beyond
-    ``max_bond_stretch`` times its start length, or the energy is not finite.
+    ``max_bond_stretch`` times its start length and twice its covalent radii sum, or the energy is
+    not finite.
 
     Returns ``{"times_fs", "positions" (n, n_atoms, 3) Å, "energies_hartree", "kinetic_eV",
     "temperature_K", "status": "finished" | "stopped" | "blew_up", "steps"}``.
@@ -623,6 +624,7 @@ def run_md(model, numbers, positions, duration_fs: float = 1000.0, timestep_fs: 
     d0 = np.linalg.norm(pos0[:, None] - pos0[None], axis=-1)
     rc = covalent_radii[numbers]
     i, j = np.nonzero(np.triu(d0 < 1.25 * (rc[:, None] + rc[None]), 1))
+    limit = np.maximum(max_bond_stretch * d0[i, j], 2.0 * (rc[i] + rc[j]))  # a compressed start must not trip it
     out = {"times_fs": [], "positions": [], "energies_hartree": [], "kinetic_eV": [], "temperature_K": []}
     status = "finished"
 
@@ -639,7 +641,7 @@ def run_md(model, numbers, positions, duration_fs: float = 1000.0, timestep_fs: 
         if on_frame is not None:
             on_frame(frame)
         p = frame["positions"]
-        stretched = np.linalg.norm(p[i] - p[j], axis=-1) > max_bond_stretch * d0[i, j]
+        stretched = np.linalg.norm(p[i] - p[j], axis=-1) > limit
         return bool(np.any(stretched)) or not np.isfinite(frame["energy_hartree"])
 
     step = 0

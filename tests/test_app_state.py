@@ -235,3 +235,50 @@ def test_learning_curve_points(app_modules, tmp_path):
         assert p["mlhk_dE"] == pytest.approx(r.summary()["mlhk_dE"][0])
     finally:
         s.close()
+
+
+def test_trajectory_split_per_frame_equals_the_library(st, app_modules):
+    _, compute, _, _, views = app_modules
+    r = st.result
+    ds = Dataset.load(H2)
+    assert r.ordered and np.array_equal(r.traj, np.flatnonzero(ds.converged))
+    np.testing.assert_allclose(r.traj_x, np.linalg.norm(ds.positions[:, 0] - ds.positions[:, 1], axis=1)[r.traj])
+    model = compute.library_model(st.fit_knobs(), "ML-HK")
+    U = ds.coefficients()
+    # E^ML[n^DFT] along the whole scan, from the library's functional applied to the DFT densities
+    np.testing.assert_allclose(r.E_hk_at_dft_traj, model.energy_of(U[r.traj]), rtol=0, atol=2e-7)
+    # and the frame readout splits dE exactly into dE_F + dE_D
+    st.molecule = int(r.traj[7])
+    html = views.trajectory_plot(st)[1].object
+    text = html() if callable(html) else str(html)
+    assert "frame 7" in text and "ΔE_F" in text and "ΔE_D" in text
+
+
+def test_md_runs_live_and_stops(st, app_modules):
+    _, compute, _, _, _ = app_modules
+    ds = Dataset.load(H2)
+    r_bond = np.linalg.norm(ds.positions[:, 0] - ds.positions[:, 1], axis=1)
+    st.molecule = int(st.result.test[np.argmin(np.abs(r_bond[st.result.test] - 0.75))])  # near the minimum
+    st.md_duration_fs = 5000
+    st.start_md()
+    t0 = time.time()
+    while len(st.md_frames) < 5 and time.time() - t0 < 120:
+        time.sleep(0.05)
+    assert len(st.md_frames) >= 5 and st.md_status.startswith("running")
+    st.stop_md()
+    n = len(st.md_frames)
+    time.sleep(1.0)
+    assert st.md_status == "stopped" and st.md_frames[-1][0] < 5000
+    assert len(st.md_frames) <= n + 1, "no frames arrive after Stop"
+    # the first frame's energy is the library model's energy at the start geometry
+    model = compute.library_model(st.fit_knobs(), "ML-HK", align=True)
+    e0 = model.predict(ds.positions[st.molecule][None])[0]
+    # (the MD force field evaluates in the span of the dual coefficients: same number to round-off)
+    assert st.md_frames[0][1] == pytest.approx(e0, abs=1e-7)
+    # a short run finishes by itself
+    st.md_duration_fs = 10
+    st.start_md()
+    t0 = time.time()
+    while st.md_status != "finished" and time.time() - t0 < 120:
+        time.sleep(0.05)
+    assert st.md_status == "finished" and st.md_frames[-1][0] == pytest.approx(10.0)

@@ -122,8 +122,12 @@ class DataEntry:
     pool: np.ndarray
     axes: tuple  # fine view grid, bohr (box frame)
     normal: int  # axis (0, 1, 2) normal to the molecular plane
-    x_label: str  # what the trajectory's x axis is
+    x_label: str  # what the per-molecule x axis is
     x_values: np.ndarray  # (n,) e.g. bond length (Å) or frame index
+    traj: np.ndarray  # indices of the frames of an ordered trajectory, in order (empty if none)
+    traj_x: np.ndarray  # (n_traj,) their position along it (bond length, time)
+    traj_label: str
+    scored: np.ndarray  # test frames and trajectory frames: where E^ML[n^DFT] and density errors are computed
 
     def cache_nbytes(self) -> int:
         return int(self.U.nbytes + self.ds.positions.nbytes + 4096)
@@ -155,16 +159,28 @@ def load_entry(path, progress=null_progress) -> DataEntry:
         if not ds.has_densities:
             raise DatasetError(f"{path}: no densities; the app needs them for ML-HK")
         U = ds.coefficients(lambda d, t, s: progress(d, t, "coefficients"))
-        test, pool = evaluation.split(ds, n_test_for(int(ds.converged.sum())))
+        ok = ds.converged
+        roles = ds.meta.get("roles")
+        xl, xv = "frame", np.arange(len(ds), dtype=float)
+        if roles:  # an assembled MD set: its own test frames, pool and trace (reference.md_sets.assemble)
+            test = np.array([i for i in roles["test"] if ok[i]], int)
+            pool = np.array([i for i in roles["pool"] if ok[i]], int)
+            keep = np.array([ok[i] for i in roles["trajectory"]], bool)
+            traj = np.asarray(roles["trajectory"], int)[keep]
+            traj_x = np.asarray(ds.meta.get("times_fs", np.arange(len(keep))), float)[keep]
+            tl = "time (fs)"
+        else:
+            test, pool = evaluation.split(ds, n_test_for(int(ok.sum())))
+            if ds.n_atoms == 2:
+                from ..geometry import bond_length
+
+                xl, xv = "bond length R (Å)", bond_length(ds.positions)
+            traj = np.flatnonzero(ok) if ds.ordered else np.array([], int)
+            traj_x, tl = xv[traj], xl
         spread = np.ptp(ds.positions.reshape(-1, 3), axis=0)
         normal = int(np.argmin(spread))
-        if ds.n_atoms == 2:
-            from ..geometry import bond_length
-
-            xl, xv = "bond length R (Å)", bond_length(ds.positions)
-        else:
-            xl, xv = "frame", np.arange(len(ds), dtype=float)
-        return DataEntry(key, ds, U, test, pool, view_axes(ds.positions, ds.basis), normal, xl, xv)
+        return DataEntry(key, ds, U, test, pool, view_axes(ds.positions, ds.basis), normal, xl, xv, traj, traj_x, tl,
+                         np.union1d(test, traj))
 
     return cache.DATASETS.get_or_compute(key, build)
 
@@ -212,8 +228,8 @@ class Grams:
     key: tuple
     offset: np.ndarray  # (L,) mean training coefficients
     G: np.ndarray  # (M, M) Yc Yc^T
-    H: np.ndarray  # (n_test, M) (U_test - offset) Yc^T
-    nt: np.ndarray  # (n_test,) ||U_test - offset||^2
+    H: np.ndarray  # (n_scored, M) (U_scored - offset) Yc^T, for the entry's scored frames
+    nt: np.ndarray  # (n_scored,) ||U_scored - offset||^2
     s2: np.ndarray  # (L,) mean square of Yc per coefficient (the spread of the training densities)
     T: np.ndarray  # (M, r) with T T^T = G, for shared CV
 
@@ -228,7 +244,7 @@ def grams(entry: DataEntry, train: np.ndarray, progress=null_progress) -> Grams:
     key = ("gram", entry.key, train.tobytes())
 
     def build():
-        U, test = entry.U, entry.test
+        U, test = entry.U, entry.scored
         M, L = len(train), U.shape[1]
         offset = U[:, :0].sum(1)  # placeholder for shape checks
         offset = np.zeros(L)
@@ -403,8 +419,16 @@ class FitResult:
     var: np.ndarray  # (n,) GP variance of the density model
     x_label: str = ""
     x_values: np.ndarray | None = None
-    ordered: bool = False
+    traj: np.ndarray = field(default_factory=lambda: np.array([], int))  # ordered trajectory frames
+    traj_x: np.ndarray = field(default_factory=lambda: np.array([]))
+    traj_label: str = ""
+    E_hk_at_dft_traj: np.ndarray = field(default_factory=lambda: np.array([]))  # (n_traj,) E^ML[n^DFT]
     seconds: dict = field(default_factory=dict)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the set holds a trajectory to draw energies along."""
+        return len(self.traj) > 0
 
     @property
     def errors(self) -> dict:
@@ -453,15 +477,17 @@ def fit(k: FitKnobs, progress=null_progress) -> FitResult:
     self_x = np.einsum("ij,ij->i", bG, dm.b)
     E_hk = em.predict(_sqd(self_x, dff, bG @ dm.B.T))[:, 0]
     HB = gr.H @ dm.B.T
-    E_hk_dft = em.predict(_sqd(gr.nt, dff, HB))[:, 0]
-    bt = dm.b[entry.test]
-    l2 = np.sqrt(np.maximum(self_x[entry.test] - 2 * np.einsum("ij,ij->i", bt, gr.H) + gr.nt, 0.0))
+    E_at = em.predict(_sqd(gr.nt, dff, HB))[:, 0]  # E^ML[n^DFT] on the scored frames
+    bs = dm.b[entry.scored]
+    l2_all = np.sqrt(np.maximum(self_x[entry.scored] - 2 * np.einsum("ij,ij->i", bs, gr.H) + gr.nt, 0.0))
+    ti, tj = np.searchsorted(entry.scored, entry.test), np.searchsorted(entry.scored, entry.traj)
+    E_hk_dft, l2 = E_at[ti], l2_all[ti]
     # ML-KS, straight from the potential
     ks, E_ks = ml_ks(k, progress)
     progress(1, 1, "predict")
     t3 = time.perf_counter()
     res = FitResult(k, entry.name, train, entry.test, dm.choice, energy, ks, E.copy(), E_hk, E_ks, E_hk_dft, l2,
-                    dm.var, entry.x_label, entry.x_values, entry.ds.ordered,
+                    dm.var, entry.x_label, entry.x_values, entry.traj, entry.traj_x, entry.traj_label, E_at[tj],
                     {"descriptor": t1 - t0, "density model": t2 - t1, "energies": t3 - t2})
     return cache.MODELS.put(key, res)
 
@@ -627,11 +653,13 @@ def curve_sizes(entry: DataEntry) -> list[int]:
 
 
 # ------------------------------------------------------------------------------ library models
-def library_model(k: FitKnobs, kind: str, progress=null_progress):
+def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = False):
     """A real ``MLHK``/``MLKS`` fitted by the library with the hyperparameters the app uses.
 
     Sigmas and lambdas are passed explicitly (the values CV picked, if auto), so the model file
-    reproduces exactly what the app shows.
+    reproduces exactly what the app shows. ``align=True`` (for MD, where the molecule tumbles) makes
+    the model Kabsch-align every geometry onto the first training molecule first, so its energy is
+    invariant to rotations; the data sets' frames are already aligned, so its numbers barely move.
     """
     from ..models import MLHK, MLKS
 
@@ -639,10 +667,11 @@ def library_model(k: FitKnobs, kind: str, progress=null_progress):
     entry = load_entry(k.dataset)
     pos, E = entry.ds.positions[r.train], entry.ds.energies[r.train]
     progress(0, 1, "library fit")
+    ref = pos[0] if align else None
     if kind == "ML-KS":
-        model = MLKS(k.gamma, k.spacing, sigma=r.ks.sigma, lam=r.ks.lam).fit(pos, E, numbers=entry.ds.numbers)
+        model = MLKS(k.gamma, k.spacing, sigma=r.ks.sigma, lam=r.ks.lam, reference=ref).fit(pos, E, numbers=entry.ds.numbers)
     else:
         model = MLHK(k.gamma, k.spacing, sigma=r.hk.sigma, lam=r.hk.lam, energy_sigma=r.energy.sigma,
-                     energy_lam=r.energy.lam).fit(pos, E, entry.U[r.train], numbers=entry.ds.numbers)
+                     energy_lam=r.energy.lam, reference=ref).fit(pos, E, entry.U[r.train], numbers=entry.ds.numbers)
     progress(1, 1, "library fit")
     return model

@@ -149,6 +149,18 @@ def listen(session: str, fn: Callable[[str, int, int, str], None] | None) -> Non
         _listeners[session] = fn
 
 
+# items streamed by a running task (``progress.emit(item)``, e.g. MD frames) go to a per-(session, job) sink
+_sinks: dict[tuple[str, str], Callable[[Any], None]] = {}
+
+
+def sink(session: str, job: str, fn: Callable[[Any], None] | None) -> None:
+    """Receive what the session's ``job`` emits (called in the worker thread; dispatch from there)."""
+    if fn is None:
+        _sinks.pop((session, job), None)
+    else:
+        _sinks[(session, job)] = fn
+
+
 #: returned by a task that stopped because it went stale (not raised: Dask would log a traceback)
 STALE = "<stale>"
 
@@ -173,4 +185,11 @@ def _run_checked(fn, session, name, gen, args):
             if cb is not None:
                 cb(name, int(done), int(total), str(stage))
 
+    def emit(item) -> None:
+        check(session, name, gen)
+        fn_ = _sinks.get((session, name))
+        if fn_ is not None:
+            fn_(item)
+
+    progress.emit = emit
     return fn(progress, *args)

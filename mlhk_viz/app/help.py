@@ -50,3 +50,10 @@ Distances are cached per (data set, γ, Δ, training set), one eigendecompositio
 coefficient Gram matrices per training set: a λ change is one M×M product, a σ change one M×M
 eigendecomposition. Training runs on a Dask client in the background; the page keeps responding.
 """
+
+MD_HELP = (
+    "**ML-HK molecular dynamics.** *Run* starts a Langevin run (0.5 fs step, friction 0.01 fs⁻¹, as the paper's "
+    "Fig. 3b) from the molecule in 3D, with forces from the current ML-HK model (exact gradient of its energy); "
+    "its energy is drawn as it runs. *Stop* ends it. The run stops by itself if a bond stretches beyond 1.6× "
+    "its start length and twice the covalent radii: the model has left the geometries it was trained on."
+)

@@ -32,6 +32,10 @@ def _r(x, nd=4):
     return float(round(float(x), nd))
 
 
+#: jobs that run alongside the page without marking it busy (their own views show their state)
+BACKGROUND = frozenset({"curve", "md"})
+
+
 class AppState(param.Parameterized):
     """Knobs (what a person sets) and results (what the views draw) of one session."""
 
@@ -55,6 +59,9 @@ class AppState(param.Parameterized):
     slice_pos = param.Number(default=0.0, doc="Slice position along the plane normal, bohr")
     slice_field = param.Selector(default="predicted", objects=["predicted", "DFT", "difference", "uncertainty"])
 
+    md_duration_fs = param.Integer(default=200, bounds=(10, 5000), doc="Length of an ML-HK MD run, fs")
+    md_temperature_K = param.Integer(default=300, bounds=(1, 2000), doc="Temperature of an ML-HK MD run, K")
+
     # -- results ---------------------------------------------------------------------------
     result = param.Parameter(default=None, doc="compute.FitResult of the current knobs")
     view_data = param.Parameter(default=None, doc="tasks.ViewData of the current molecule and view knobs")
@@ -62,6 +69,8 @@ class AppState(param.Parameterized):
     status = param.String(default="")
     stage = param.String(default="")
     progress = param.Integer(default=0, bounds=(0, 100))
+    md_frames = param.List(default=[], doc="(time fs, E_ML Hartree) of the current or last ML-HK MD run")
+    md_status = param.String(default="", doc="state of the ML-HK MD run")
     busy = param.Boolean(default=False)
     error = param.String(default="")
     saved_path = param.String(default="")
@@ -77,7 +86,7 @@ class AppState(param.Parameterized):
         self._pending: set = set()
         self._want_curve = curve
         self._hyper = {k: dict(sigma_auto=True, log_sigma=0.0, lam_auto=True, log_lam=-8.0) for k in (HK, KS)}
-        self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "save", "prefetch")}
+        self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "save", "prefetch", "md")}
         self.timings: dict = {}
         super().__init__(**params)
         self.refresh_lists()
@@ -134,6 +143,7 @@ class AppState(param.Parameterized):
         """Forget this session: its running tasks go stale and stop."""
         engine.forget(self.session)  # running and queued tasks see they are stale and stop
         engine.listen(self.session, None)
+        engine.sink(self.session, "md", None)
 
     def wait(self, timeout: float = 300.0, jobs=("fit", "view")) -> bool:
         """Block until the named jobs have been applied (or failed); True if they were."""
@@ -148,17 +158,17 @@ class AppState(param.Parameterized):
     def _start(self, name):
         with self._lock:
             self._pending.add(name)
-            self.busy = True
+            self.busy = bool(self._pending - BACKGROUND)
 
     def _finish(self, name):
         with self._lock:
             self._pending.discard(name)
-            self.busy = bool(self._pending - {"curve"})
+            self.busy = bool(self._pending - BACKGROUND)
             if not self.busy:
                 self.stage, self.progress = "", 100
 
     def _on_progress(self, job, done, total, stage):
-        if job == "curve":
+        if job in BACKGROUND:
             return
         pct = int(100 * done / max(total, 1))
         def upd():
@@ -372,6 +382,53 @@ class AppState(param.Parameterized):
         self._start("save")
         self.jobs["save"].submit(tasks.save_model, k, self.kind, str(path), on_done=self._apply_save,
                                  on_error=self._on_error("save"))
+
+    md_duration_fs = param.Integer(default=200, bounds=(10, 5000), doc="Length of an ML-HK MD run, fs")
+    md_temperature_K = param.Integer(default=300, bounds=(1, 2000), doc="Temperature of an ML-HK MD run, K")
+
+    def start_md(self) -> None:
+        """Langevin MD on the current ML-HK model from the molecule in 3D, in the background (live trace)."""
+        if self.result is None:
+            self.md_status = "no model yet: wait for the training to finish"
+            return
+        self.stop_md()
+        k = self.fit_knobs()
+        entry = compute.load_entry(k.dataset)
+        start = entry.ds.positions[self.molecule]
+        dur, temp = float(self.md_duration_fs), float(self.md_temperature_K)
+        self.md_frames = []
+        self.md_status = "starting (fitting the library model)"
+        self._start("md")
+        buf: list = []
+
+        def frame(f):  # in the worker thread: collect, and hand the page a copy
+            buf.append((float(f["time_fs"]), float(f["energy_hartree"])))
+            frames = list(buf)
+            self._dispatch(lambda: self.param.update(md_frames=frames,
+                                                     md_status=f"running, {frames[-1][0]:.0f} of {dur:.0f} fs"))
+
+        def done(res):
+            self._finish("md")
+            self.md_frames = list(buf)
+            self.md_status = {"finished": "finished", "blew_up": "stopped: a bond broke (left the training domain)",
+                              "stopped": "stopped"}[res]
+
+        def failed(exc):
+            self._finish("md")
+            self.md_frames = list(buf)
+            self.md_status = f"failed: {type(exc).__name__}: {exc}"
+
+        engine.sink(self.session, "md", frame)
+        self.jobs["md"].submit(tasks.run_md, k, self.loaded_path or None, start, dur, temp, on_done=done,
+                               on_error=failed, priority=0)
+
+    def stop_md(self) -> None:
+        """End a running ML-HK MD run (its trace so far stays on the page)."""
+        if self.jobs["md"].busy:
+            self.jobs["md"].cancel()
+            self._finish("md")
+            self.md_frames = list(self.md_frames)
+            self.md_status = "stopped"
 
     # -- results -------------------------------------------------------------------------------------
     def _apply_fit(self, src, res, t0):

@@ -123,15 +123,18 @@ def loaded_fit(progress, path, dataset):
         en = compute.Choice(float(model.energy_model_.sigma_[0]), float(model.energy_model_.lam_[0]), float("nan"), (False, False))
         ks = compute.Choice(float("nan"), float("nan"), float("nan"), (False, False))
         E_ks, E_at, l2 = nan, dec["E_ml_at_dft_density"], dec["density_l2"]
+        tr = entry.traj
+        E_at_traj = model.energy_of(entry.U[tr]) if len(tr) else np.array([])
     else:
         E_ks = model.predict(ds.positions)
         E_hk, var = nan, nan
         E_at, l2 = np.full(len(t), np.nan), np.full(len(t), np.nan)
+        E_at_traj = np.full(len(entry.traj), np.nan)
         ks = compute.Choice(float(model.model_.sigma_[0]), float(model.model_.lam_[0]), float("nan"), (False, False))
         hk = en = compute.Choice(float("nan"), float("nan"), float("nan"), (False, False))
     knobs = compute.FitKnobs(dataset, len(model.X_fit_), float(p["gamma"]), float(p["spacing"]))
     res = compute.FitResult(knobs, ds.name, np.array([], int), t, hk, en, ks, ds.energies.copy(), E_hk, E_ks, E_at, l2,
-                            var, entry.x_label, entry.x_values, ds.ordered)
+                            var, entry.x_label, entry.x_values, entry.traj, entry.traj_x, entry.traj_label, E_at_traj)
     progress(2, 2, "predict")
     return cache.MODELS.put(key, res)
 
@@ -160,3 +163,30 @@ def loaded_molecule(path, dataset, i, progress):
                            var, float(b.electron_count(c)), float(b.electron_count(entry.U[i])),
                            float(np.linalg.norm(c - entry.U[i])), entry.normal, dataset, entry.pool)
     return cache.GRIDS.put(key, mol)
+
+
+# ------------------------------------------------------------------------------ ML-HK MD
+def run_md(progress, knobs, model_path, start, duration_fs, temperature_K):
+    """Langevin MD (:func:`mlhk_viz.dynamics.run_md`) on the library ML-HK model of the knobs (or a file).
+
+    Every frame is emitted to the session (``progress.emit``), which raises when the session
+    cancels the job: that is how Stop ends a run. Returns the run's status.
+    """
+    from ..dynamics import run_md as lib_run_md
+    from ..models import MLHK
+
+    if model_path:
+        model = _loaded(model_path)
+        if not isinstance(model, MLHK):
+            raise ValueError(f"{Path(model_path).name} is an ML-KS model: MD needs ML-HK (density and energy)")
+    else:
+        model = cache.MODELS.get_or_compute(("library-mlhk-aligned", knobs),
+                                            lambda: compute.library_model(knobs, "ML-HK", progress, align=True))
+    entry = compute.load_entry(knobs.dataset)
+
+    def frame(f):
+        progress.emit(f)
+
+    res = lib_run_md(model, entry.ds.numbers, start, duration_fs=duration_fs, temperature_K=temperature_K,
+                     every_fs=2.5, on_frame=frame)
+    return res["status"]

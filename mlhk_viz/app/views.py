@@ -407,27 +407,33 @@ def learning_curve(state):
 
 
 def trajectory_plot(state):
+    """Energies along the set's trajectory (the H2 scan, an MD trace), a frame cursor linked to the
+    3D view, the ΔE_F / ΔE_D split of the frame under the cursor, and ML-HK MD started from here."""
+    E_LABEL = "E (kcal/mol, rel.)"
+
     def curves(result):
         if result is None or not result.ordered:
-            return hv.Overlay([hv.Curve([], "x", "E (kcal/mol, rel.)", label="not a trajectory: this data set is unordered")])
-        x, e0 = result.x_values, _rel(result)
-        kd, vd = result.x_label, "E (kcal/mol, rel.)"
-        c = [hv.Curve((x, (result.E_dft - e0) * KC), kd, vd, label="DFT (PBE)").opts(color=COL["dft"], line_width=3)]
-        if np.isfinite(result.E_hk).any():
-            c.append(hv.Curve((x, (result.E_hk - e0) * KC), kd, vd, label="ML-HK").opts(color=COL["mlhk"], line_dash="dashed"))
-        if np.isfinite(result.E_ks).any():
-            c.append(hv.Curve((x, (result.E_ks - e0) * KC), kd, vd, label="ML-KS").opts(color=COL["mlks"], line_dash="dotted"))
-        tr = result.train
-        if len(tr):
-            c.append(hv.Scatter((x[tr], (result.E_dft[tr] - e0) * KC), kd, vd, label="training").opts(
+            return hv.Overlay([hv.Curve([], "x", E_LABEL, label="no trajectory in this data set")])
+        tr, x, e0 = result.traj, result.traj_x, _rel(result)
+        kd = result.traj_label
+        c = [hv.Curve((x, (result.E_dft[tr] - e0) * KC), kd, E_LABEL, label="DFT (PBE)").opts(color=COL["dft"], line_width=3)]
+        if np.isfinite(result.E_hk[tr]).any():
+            c.append(hv.Curve((x, (result.E_hk[tr] - e0) * KC), kd, E_LABEL, label="ML-HK").opts(
+                color=COL["mlhk"], line_dash="dashed", line_width=2))
+        if np.isfinite(result.E_ks[tr]).any():
+            c.append(hv.Curve((x, (result.E_ks[tr] - e0) * KC), kd, E_LABEL, label="ML-KS").opts(
+                color=COL["mlks"], line_dash="dotted", line_width=2))
+        on = np.isin(tr, result.train)
+        if on.any():
+            c.append(hv.Scatter((x[on], (result.E_dft[tr[on]] - e0) * KC), kd, E_LABEL, label="training").opts(
                 color="black", size=7, marker="triangle"))
         return hv.Overlay(c)
 
     def cursor(result, molecule):
-        if result is None or not result.ordered:
-            return hv.VLine(0, kdims=["x", "E (kcal/mol, rel.)"]).opts(alpha=0)
-        return hv.VLine(float(result.x_values[molecule]), kdims=[result.x_label, "E (kcal/mol, rel.)"]).opts(
-            color="red", line_width=2)
+        if result is None or not result.ordered or molecule not in set(result.traj.tolist()):
+            return hv.VLine(0, kdims=["x", E_LABEL]).opts(alpha=0)
+        x = float(result.traj_x[np.flatnonzero(result.traj == molecule)[0]])
+        return hv.VLine(x, kdims=[result.traj_label, E_LABEL]).opts(color="red", line_width=2)
 
     base = hv.DynamicMap(pn.bind(curves, state.param.result))
     cur = hv.DynamicMap(pn.bind(cursor, state.param.result, state.param.molecule))
@@ -437,14 +443,57 @@ def trajectory_plot(state):
         r = state.result
         if x is None or r is None or not r.ordered:
             return
-        state.molecule = int(np.argmin(np.abs(r.x_values - x)))
+        state.molecule = int(r.traj[int(np.argmin(np.abs(r.traj_x - x)))])
 
     tap.add_subscriber(on_tap)
-    plot = (base * cur).opts(hv.opts.Overlay(width=620, height=360, title="Energy along the trajectory (click to move "
+    plot = (base * cur).opts(hv.opts.Overlay(width=620, height=340, title="Energy along the trajectory (click to move "
                                                                          "the frame cursor)", legend_position="top_right",
                                              framewise=True))
-    frame = pn.widgets.IntSlider.from_param(state.param.molecule, name="Frame", css_classes=["w-frame"], width=620)
-    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["trajectory-plot"]), frame)
+
+    def split(result, molecule):
+        if result is None or not result.ordered:
+            return ""
+        hit = np.flatnonzero(result.traj == molecule)
+        if not len(hit):
+            return "<i>the molecule in 3D is not a frame of the trajectory</i>"
+        k, i = int(hit[0]), molecule
+        dE = (result.E_hk[i] - result.E_dft[i]) * KC
+        dED = (result.E_hk[i] - result.E_hk_at_dft_traj[k]) * KC
+        dEF = (result.E_hk_at_dft_traj[k] - result.E_dft[i]) * KC
+        ks = (result.E_ks[i] - result.E_dft[i]) * KC
+        return (f"<span class='traj-split'><b>frame {k}</b> ({result.traj_label} = {result.traj_x[k]:.4g}): "
+                f"ML-HK ΔE = <span class='traj-dE'>{dE:.3f}</span> = ΔE_F {dEF:.3f} + ΔE_D {dED:.3f} kcal/mol; "
+                f"ML-KS ΔE = {ks:.3f} kcal/mol</span>")
+
+    frame = pn.widgets.IntSlider.from_param(state.param.molecule, name="Molecule / frame", css_classes=["w-frame"],
+                                            width=620)
+    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["trajectory-plot"]),
+                     pn.pane.HTML(pn.bind(split, state.param.result, state.param.molecule), width=620),
+                     frame, md_panel(state))
+
+
+def md_panel(state):
+    """Start and stop a short Langevin run on the current ML-HK model; its energy is drawn live."""
+    run = pn.widgets.Button(name="Run ML-HK MD", button_type="primary", css_classes=["w-md-run"], width=140)
+    stop = pn.widgets.Button(name="Stop", button_type="warning", css_classes=["w-md-stop"], width=80)
+    dur = pn.widgets.IntInput.from_param(state.param.md_duration_fs, name="length (fs)", width=110)
+    temp = pn.widgets.IntInput.from_param(state.param.md_temperature_K, name="T (K)", width=90)
+    run.on_click(lambda e: state.start_md())
+    stop.on_click(lambda e: state.stop_md())
+
+    def trace(frames, status):
+        kd, vd = "time (fs)", "E_ML-HK (kcal/mol, rel. to start)"
+        if not frames:
+            return hv.Curve([], kd, vd).opts(width=620, height=220, title=f"ML-HK MD: {status or 'not run yet'}")
+        t = np.array([f[0] for f in frames])
+        e = (np.array([f[1] for f in frames]) - frames[0][1]) * KC
+        return hv.Curve((t, e), kd, vd).opts(width=620, height=220, color=COL["mlhk"], framewise=True,
+                                             title=f"ML-HK MD: {status} ({len(frames)} frames, "
+                                                   f"{t[-1]:.0f} fs)")
+
+    plot = pn.pane.HoloViews(pn.bind(trace, state.param.md_frames, state.param.md_status), linked_axes=False,
+                             css_classes=["md-trace"])
+    return pn.Column(pn.pane.Markdown(H.MD_HELP, width=620), pn.Row(run, stop, dur, temp), plot)
 
 
 # ------------------------------------------------------------------------------ export

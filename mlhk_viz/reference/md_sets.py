@@ -125,3 +125,48 @@ def load_partial(molecule: str, which: str, data_dir, md_dir, method: dict = DEF
                    energies=cat("energies")[order], converged=cat("converged").astype(bool)[order],
                    truncation_error=cat("truncation_error")[order], meta=meta,
                    mo_coeff=cat("mo_coeff")[order], mo_occ=cat("mo_occ")[order])
+
+
+def assemble(molecule: str, data_dir, md_dir, training: str | None = None, m: int | None = None) -> Dataset:
+    """One data set of a molecule's PBE frames for the app: a training pool, the test frames, the trace.
+
+    ``training`` is one of ``train300``, ``train300+350``, ``train300+400`` (default: the one with
+    the most PBE frames); ``m`` caps its frames. Rows are the pool, then the test frames, then the
+    trace frames in time order; ``meta["roles"]`` holds the row indices of each part
+    (``pool``, ``test``, ``trajectory``) and ``meta["times_fs"]`` the trace times, so the app uses
+    the real test set (never the pool) for its statistics and draws the trace as a trajectory.
+    """
+    import pyscf
+
+    parts = {s: load_partial(molecule, s, data_dir, md_dir) for s in ("train300", "train300+350", "train300+400")}
+    parts = {s: d for s, d in parts.items() if d is not None}
+    if training is None and parts:
+        training = max(parts, key=lambda s: int(parts[s].converged.sum()))
+    if training not in parts:
+        have = ", ".join(f"{s} ({len(d)})" for s, d in parts.items()) or "none"
+        raise ValueError(f"assemble {molecule}: no PBE frames for training set {training!r} yet (have: {have})")
+    test = load_partial(molecule, "test", data_dir, md_dir)
+    if test is None:
+        raise ValueError(f"assemble {molecule}: no PBE frames of the test set yet (`mlhk-viz generate pbe {molecule} test`)")
+    trace = load_partial(molecule, "trace", data_dir, md_dir)
+    pool = parts[training]
+    pool_rows = np.arange(len(pool))[:m]
+    sets = [(pool, pool_rows), (test, np.arange(len(test)))]
+    if trace is not None:
+        sets.append((trace, np.arange(len(trace))))
+    cat = lambda attr: np.concatenate([getattr(d, attr)[r] for d, r in sets])  # noqa: E731
+    n_pool, n_test = len(pool_rows), len(test)
+    roles = {"pool": list(range(n_pool)), "test": list(range(n_pool, n_pool + n_test)),
+             "trajectory": list(range(n_pool + n_test, n_pool + n_test + (len(trace) if trace is not None else 0)))}
+    times = []
+    if trace is not None:
+        _, _, info = frames(molecule, "trace", md_dir)
+        times = np.asarray(info["times_fs"])[trace.meta["frames"]].tolist()
+    meta = {"density_store": "mo", "box_bohr": 20.0, "basis_per_axis": 50, "ordered": False,
+            "description": f"{molecule}: {n_pool} training-pool frames ({training}), {n_test} test frames "
+                           f"(independent 300 K run), {len(roles['trajectory'])} frames of the 20 ps trace",
+            "method": dict(DEFAULT_METHOD, pyscf_version=pyscf.__version__), "roles": roles, "times_fs": times,
+            "training": training, "molecule": molecule}
+    return Dataset(name=f"{molecule}-md", numbers=np.asarray(pool.numbers), positions=cat("positions"),
+                   energies=cat("energies"), converged=cat("converged").astype(bool),
+                   truncation_error=cat("truncation_error"), meta=meta, mo_coeff=cat("mo_coeff"), mo_occ=cat("mo_occ"))
