@@ -85,3 +85,35 @@ def test_reproduce_table2_on_a_small_subset_end_to_end(tmp_path, capsys):
     np.testing.assert_allclose(l1, density_l1(fixed, test.positions[te[:3]], test.coefficients()[te[:3]]), rtol=0.05)
     md = (tmp_path / "table2.md").read_text()
     assert "| ethane | 300 K | 12 |" in md and "GPWNO 3.67" in md and "(0.2)" in md
+
+
+@pytest.mark.slow
+def test_fig3b_machinery_on_a_short_ethane_run(tmp_path):
+    """ML-HK MD, PBE single points on its snapshots, CSV/PNG; a rerun reuses both (small: 10 fs of ethane)."""
+    import csv
+
+    import numpy as np
+
+    from mlhk_viz.evaluation import KCAL_PER_HARTREE
+    from mlhk_viz.reproduce import figures
+
+    root = Path(__file__).resolve().parent.parent
+    kw = dict(m=15, duration_fs=10.0, every_fs=2.5, pbe_every_fs=5.0, forces="analytic", molecule="ethane",
+              log=lambda *a: None)
+    info = figures.fig3b(tmp_path, root / "data", root / "data" / "md", **kw)
+    assert info["status"] == "finished" and info["frames"] == 5 and info["frames_with_pbe"] == 3
+    rows = list(csv.DictReader(open(tmp_path / "fig3b.csv")))
+    assert [float(r["time_fs"]) for r in rows] == [0.0, 2.5, 5.0, 7.5, 10.0]
+    assert [bool(r["E_pbe_hartree"]) for r in rows] == [True, False, True, False, True]
+    # the recorded ML-HK energies are the model's own predictions at the recorded positions
+    from mlhk_viz.datasets import Dataset, load_npz
+    traj, _ = load_npz(tmp_path / "fig3b-trajectory.npz", kind="mlhk-viz-mlhk-md")
+    model = figures.fit_models("ethane", root / "data", root / "data" / "md", m=15, kinds=("mlhk",))["mlhk"]
+    np.testing.assert_allclose(traj["energies_hartree"], model.predict(traj["positions"]), atol=1e-7)
+    pbe = Dataset.load(tmp_path / "fig3b-pbe.npz")
+    np.testing.assert_array_equal(pbe.positions, traj["positions"][::2])
+    err = np.abs(traj["energies_hartree"][::2] - pbe.energies) * KCAL_PER_HARTREE
+    assert info["stats"]["mlhk"]["mae"] == pytest.approx(err.mean()) and (tmp_path / "fig3b.png").stat().st_size > 5000
+    stamp = (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns
+    again = figures.fig3b(tmp_path, root / "data", root / "data" / "md", **kw)
+    assert again["stats"] == info["stats"] and (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns == stamp

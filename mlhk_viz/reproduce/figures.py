@@ -138,8 +138,8 @@ def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progres
 
 def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: float = 5.0,
           pbe_every_fs: float = 50.0, forces: str = "fd", seed: int = 0, n_workers: int = 2,
-          progress: Progress = null_progress, log=print) -> dict:
-    """ML-HK-driven Langevin MD of malonaldehyde and PBE single points on its snapshots.
+          molecule: str = "malonaldehyde", progress: Progress = null_progress, log=print) -> dict:
+    """ML-HK-driven Langevin MD of ``molecule`` (the paper: malonaldehyde) and PBE single points on its snapshots.
 
     ``forces="fd"`` is the paper's central finite differences (ε = 0.001 Å); ``"analytic"`` gives
     the same forces to 1e-6 relative at one evaluation per step. The trajectory is saved as
@@ -153,12 +153,13 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    mol = "malonaldehyde"
+    mol = molecule
     models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), progress=progress)
     model = models["mlhk"]
     start = load_trajectory(Path(md_dir) / f"{mol}-test-300K.npz")
     numbers = start["numbers"]
-    key = {"training": models["training"], "M": models["M"], "duration_fs": duration_fs, "every_fs": every_fs,
+    key = {"molecule": mol, "training": models["training"], "M": models["M"], "duration_fs": duration_fs,
+           "every_fs": every_fs,
            "seed": seed, "forces": forces, "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
            "lam": float(np.atleast_1d(model.density_model_.lam_)[0])}
     traj_path = out / "fig3b-trajectory.npz"
@@ -186,7 +187,7 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     pbe = np.full(len(times), np.nan)
     pbe[pick] = np.where(ds.converged, ds.energies, np.nan)
     return _write(out, "fig3b", times, {"pbe": pbe, "mlhk": traj["energies_hartree"]},
-                  f"Fig. 3b: malonaldehyde, 300 K Langevin MD on ML-HK forces ({meta['status']})",
+                  f"Fig. 3b: {mol}, 300 K Langevin MD on ML-HK forces ({meta['status']}, M = {models['M']})",
                   dict(key, status=meta["status"]), log)
 
 
