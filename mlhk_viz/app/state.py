@@ -401,11 +401,19 @@ class AppState(param.Parameterized):
         self._start("md")
         buf: list = []
 
-        def frame(f):  # in the worker thread: collect, and hand the page a copy
+        last = [0.0]
+
+        def frame(f):  # in the worker thread: collect, and hand the page a copy at most every 0.4 s
             buf.append((float(f["time_fs"]), float(f["energy_hartree"])))
+            now = time.perf_counter()
+            if now - last[0] < 0.4:  # redrawing per frame would flood the page's event loop (Stop waits)
+                return
+            last[0] = now
             frames = list(buf)
-            self._dispatch(lambda: self.param.update(md_frames=frames,
-                                                     md_status=f"running, {frames[-1][0]:.0f} of {dur:.0f} fs"))
+            def push():
+                if "md" in self._pending:  # a late frame never overwrites the final state
+                    self.param.update(md_frames=frames, md_status=f"running, {frames[-1][0]:.0f} of {dur:.0f} fs")
+            self._dispatch(push)
 
         def done(res):
             self._finish("md")

@@ -7,6 +7,8 @@ newer request replaced it, so stale work stops at the next stage boundary.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +188,7 @@ def run_md(progress, knobs, model_path, start, duration_fs, temperature_K):
 
     def frame(f):
         progress.emit(f)
+        time.sleep(0.005)  # hand the GIL to the page's event loop now and then (Stop, other widgets)
 
     res = lib_run_md(model, entry.ds.numbers, start, duration_fs=duration_fs, temperature_K=temperature_K,
                      every_fs=2.5, on_frame=frame)

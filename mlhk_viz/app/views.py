@@ -435,20 +435,23 @@ def trajectory_plot(state):
         x = float(result.traj_x[np.flatnonzero(result.traj == molecule)[0]])
         return hv.VLine(x, kdims=[result.traj_label, E_LABEL]).opts(color="red", line_width=2)
 
+    def frames(result):
+        # every frame as a (nearly invisible) point: clicking the curve selects the frame under the mouse,
+        # through the same Selection1D route as the other plots
+        if result is None or not result.ordered:
+            return hv.Scatter([], "x", E_LABEL)
+        tr = result.traj
+        return hv.Scatter((result.traj_x, (result.E_dft[tr] - _rel(result)) * KC), result.traj_label, E_LABEL).opts(
+            size=9, alpha=0.05, color=COL["dft"], tools=["tap", "hover"], nonselection_alpha=0.05,
+            selection_alpha=0.05)
+
     base = hv.DynamicMap(pn.bind(curves, state.param.result))
     cur = hv.DynamicMap(pn.bind(cursor, state.param.result, state.param.molecule))
-    tap = hv.streams.Tap(source=base, x=None, y=None)
-
-    def on_tap(x, y):
-        r = state.result
-        if x is None or r is None or not r.ordered:
-            return
-        state.molecule = int(r.traj[int(np.argmin(np.abs(r.traj_x - x)))])
-
-    tap.add_subscriber(on_tap)
-    plot = (base * cur).opts(hv.opts.Overlay(width=620, height=340, title="Energy along the trajectory (click to move "
-                                                                         "the frame cursor)", legend_position="top_right",
-                                             framewise=True))
+    pick = hv.DynamicMap(pn.bind(frames, state.param.result)).opts(tools=["tap", "hover"])
+    _select_from(state, pick, lambda r, i: r.traj[i])
+    plot = (base * pick * cur).opts(hv.opts.Overlay(width=720, height=340, title="Energy along the trajectory (click a "
+                                                                                "frame to move the cursor)",
+                                                    legend_position="right", framewise=True))  # outside: no frame hidden
 
     def split(result, molecule):
         if result is None or not result.ordered:
@@ -465,10 +468,12 @@ def trajectory_plot(state):
                 f"ML-HK ΔE = <span class='traj-dE'>{dE:.3f}</span> = ΔE_F {dEF:.3f} + ΔE_D {dED:.3f} kcal/mol; "
                 f"ML-KS ΔE = {ks:.3f} kcal/mol</span>")
 
+    readout = pn.pane.HTML(split(state.result, state.molecule), width=620)  # updated in place, not replaced
+    state.param.watch(lambda *e: setattr(readout, "object", split(state.result, state.molecule)), ["result", "molecule"])
     frame = pn.widgets.IntSlider.from_param(state.param.molecule, name="Molecule / frame", css_classes=["w-frame"],
                                             width=620)
     return pn.Column(pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["trajectory-plot"]),
-                     pn.pane.HTML(pn.bind(split, state.param.result, state.param.molecule), width=620),
+                     readout,
                      frame, md_panel(state))
 
 
@@ -476,23 +481,37 @@ def md_panel(state):
     """Start and stop a short Langevin run on the current ML-HK model; its energy is drawn live."""
     run = pn.widgets.Button(name="Run ML-HK MD", button_type="primary", css_classes=["w-md-run"], width=140)
     stop = pn.widgets.Button(name="Stop", button_type="warning", css_classes=["w-md-stop"], width=80)
-    dur = pn.widgets.IntInput.from_param(state.param.md_duration_fs, name="length (fs)", width=110)
-    temp = pn.widgets.IntInput.from_param(state.param.md_temperature_K, name="T (K)", width=90)
+    dur = pn.widgets.IntInput.from_param(state.param.md_duration_fs, name="length (fs)", width=110,
+                                         css_classes=["w-md-length"])
+    temp = pn.widgets.IntInput.from_param(state.param.md_temperature_K, name="T (K)", width=90,
+                                          css_classes=["w-md-temperature"])
     run.on_click(lambda e: state.start_md())
     stop.on_click(lambda e: state.stop_md())
 
-    def trace(frames, status):
-        kd, vd = "time (fs)", "E_ML-HK (kcal/mol, rel. to start)"
-        if not frames:
-            return hv.Curve([], kd, vd).opts(width=620, height=220, title=f"ML-HK MD: {status or 'not run yet'}")
-        t = np.array([f[0] for f in frames])
-        e = (np.array([f[1] for f in frames]) - frames[0][1]) * KC
-        return hv.Curve((t, e), kd, vd).opts(width=620, height=220, color=COL["mlhk"], framewise=True,
-                                             title=f"ML-HK MD: {status} ({len(frames)} frames, "
-                                                   f"{t[-1]:.0f} fs)")
+    kd, vd = "time (fs)", "E_ML-HK (kcal/mol, rel. to start)"
 
-    plot = pn.pane.HoloViews(pn.bind(trace, state.param.md_frames, state.param.md_status), linked_axes=False,
-                             css_classes=["md-trace"])
+    def as_array(frames):
+        if not frames:
+            return np.zeros((0, 2))
+        a = np.array(frames, float)
+        return np.column_stack([a[:, 0], (a[:, 1] - a[0, 1]) * KC])
+
+    # the trace is streamed into one plot (a Pipe updates its data source in place) rather than
+    # re-rendered per update: that keeps the page responsive while frames arrive
+    pipe = hv.streams.Pipe(data=as_array(state.md_frames))
+    dmap = hv.DynamicMap(lambda data: hv.Curve(data, kd, vd), streams=[pipe]).opts(
+        width=620, height=220, color=COL["mlhk"], framewise=True, title="ML-HK MD energy")
+    state.param.watch(lambda e: pipe.send(as_array(e.new)), "md_frames")
+
+    def status(s, frames):
+        n = len(frames)
+        tail = f" ({n} frames, {frames[-1][0]:.0f} fs)" if n else ""
+        return f"<span class='md-status'>ML-HK MD: {s or 'not run yet'}{tail}</span>"
+
+    label = pn.pane.HTML(status(state.md_status, state.md_frames))  # one pane, its text updated in place
+    state.param.watch(lambda *e: setattr(label, "object", status(state.md_status, state.md_frames)),
+                      ["md_status", "md_frames"])
+    plot = pn.Column(label, pn.pane.HoloViews(dmap, linked_axes=False, css_classes=["md-trace"]))
     return pn.Column(pn.pane.Markdown(H.MD_HELP, width=620), pn.Row(run, stop, dur, temp), plot)
 
 
