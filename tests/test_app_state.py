@@ -282,3 +282,31 @@ def test_md_runs_live_and_stops(st, app_modules):
     while st.md_status != "finished" and time.time() - t0 < 120:
         time.sleep(0.05)
     assert st.md_status == "finished" and st.md_frames[-1][0] == pytest.approx(10.0)
+
+
+def test_assembled_md_set_uses_its_own_test_frames_and_trace(app_modules):
+    """data/ethane-md.npz (mlhk-viz assemble): pool, test and trace roles, statistics on the real test set."""
+    _, compute, _, state, _ = app_modules
+    path = ROOT / "data" / "ethane-md.npz"
+    ds = Dataset.load(path)
+    roles = ds.meta["roles"]
+    s = state.AppState(data_dir=ROOT / "data", dataset=path, curve=False, m=15)
+    try:
+        assert s.wait(600) and not s.error, s.error
+        r = s.result
+        np.testing.assert_array_equal(r.test, roles["test"])
+        assert set(r.train.tolist()) <= set(roles["pool"]) and len(r.train) == 15
+        np.testing.assert_array_equal(r.traj, roles["trajectory"])
+        np.testing.assert_allclose(r.traj_x, ds.meta["times_fs"])
+        assert r.traj_label == "time (fs)" and np.all(np.diff(r.traj_x) > 0)
+        # the same split through the library's protocol gives the same errors
+        ev = evaluation.evaluate(ds, r.train, r.test, dict(sigma=r.hk.sigma, lam=r.hk.lam,
+                                                           energy_sigma=r.energy.sigma, energy_lam=r.energy.lam),
+                                 dict(sigma=r.ks.sigma, lam=r.ks.lam))
+        lib = ev.summary()
+        for q in ("mlhk_dE", "mlhk_dED", "mlks_dE"):
+            assert r.summary()[q][0] == pytest.approx(lib[q][0], rel=1e-4, abs=1e-5), q
+        model = compute.library_model(s.fit_knobs(), "ML-HK")
+        np.testing.assert_allclose(r.E_hk_at_dft_traj, model.energy_of(ds.coefficients()[r.traj]), atol=1e-7)
+    finally:
+        s.close()

@@ -91,7 +91,10 @@ def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict,
     for k, v in rel.items():
         ok = np.isfinite(v)
         sparse = ok.sum() < 0.5 * len(v)
-        ax.plot(t_ps[ok], v[ok], marker="o" if sparse else None, ms=3, lw=1.0 if not sparse else 0, **style[k])
+        kw = dict(dict(lw=1.0, marker=None, ms=3), **style[k])
+        if sparse:  # single points (PBE on a few snapshots): markers, no line
+            kw.update(marker="o", lw=0)
+        ax.plot(t_ps[ok], v[ok], **kw)
     ax.set_xlabel("time (ps)")
     ax.set_ylabel("E − ⟨E_PBE⟩ (kcal/mol)")
     s = stats.get("mlhk")
