@@ -106,6 +106,7 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
         if test is None or not trains:
             missing.append(f"{mol}: " + ("no test frames" if test is None else "no training frames") + " yet")
             continue
+        missing += [f"{mol} {t} K: no training frames with PBE yet" for t in TRAININGS if t not in trains]
         trunc = float(np.mean(test.truncation_error[test.converged]))
         for training, train in trains.items():
             n_avail = int(train.converged.sum())
@@ -175,7 +176,7 @@ def format_markdown(rows, curves, dens, missing=()) -> str:
         for c in curves:
             pts = ", ".join(f"M={p['M']}: {p['mlhk_dE']:.3g}" for p in c["points"])
             f = c["fit"]["mlhk_dE"]
-            fit = f" — fit MAE ∝ M^-{f['b']:.2f}" if f else ""
+            fit = f" — fit MAE ∝ M^{-f['b']:.2f}" if f else ""
             lines.append(f"- {c['molecule']} {c['training']} K: {pts}{fit}")
     if missing:
         lines += ["", "## Not computed yet", ""] + [f"- {m}" for m in missing]
