@@ -600,8 +600,9 @@ def run_md(model, numbers, positions, duration_fs: float = 1000.0, timestep_fs: 
     from ase import Atoms
     from ase.data import covalent_radii
     from ase.md.langevin import Langevin
-    from ase.md import velocitydistribution as vd
     from ase.units import fs
+
+    from .reference.md import _thermalize
 
     numbers = np.asarray(numbers, int)
     pos0 = np.asarray(positions, float)
@@ -616,9 +617,7 @@ def run_md(model, numbers, positions, duration_fs: float = 1000.0, timestep_fs: 
     atoms = Atoms(numbers=numbers, positions=pos0)
     atoms.calc = model if isinstance(model, MLHKCalculator) else MLHKCalculator(model, forces=forces)
     rng = np.random.default_rng(seed)
-    vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    vd.Stationary(atoms)
-    vd.ZeroRotation(atoms)
+    _thermalize(atoms, temperature_K, rng)
     dyn = Langevin(atoms, timestep_fs * fs, temperature_K=temperature_K, friction=friction / fs, rng=rng,
                    fixcm=False)
     d0 = np.linalg.norm(pos0[:, None] - pos0[None], axis=-1)

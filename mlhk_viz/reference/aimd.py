@@ -83,7 +83,8 @@ def start_state(seed: int = 0, kick_kcal: float = KICK_KCAL):
     _, atoms = molecule("malonaldehyde")
     atoms.calc = None
     rng = np.random.default_rng(seed)
-    vd.MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=rng)
+    vd.thermalize_momenta(atoms, 300.0, rng=rng) if hasattr(vd, "thermalize_momenta") else \
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=rng)  # same code; ASE 3.29 renamed it
     vd.Stationary(atoms)
     p = atoms.get_momenta()
     o0, h5, o4 = 0, 5, 4

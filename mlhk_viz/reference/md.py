@@ -104,7 +104,8 @@ def _thermalize(atoms, temperature_K: float, rng) -> None:
     else:  # pragma: no cover - older ASE
         vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
     vd.Stationary(atoms)
-    vd.ZeroRotation(atoms)
+    with np.errstate(divide="ignore", invalid="ignore"):  # linear molecules: no rotation about the axis
+        vd.ZeroRotation(atoms)
 
 
 def _steps(duration_fs: float, timestep_fs: float, what: str) -> int:
