@@ -77,7 +77,7 @@ k = C.FitKnobs({dataset!r}, m={m}, hk_sigma={factor!r}, hk_lam={lam!r})
 mol = C.molecule(k, {molecule})
 dl = 0.3 * float(abs(mol.diff).max())
 show = ["predicted", "DFT", "difference"]
-meshes = [S.build_meshes(mol, iso, dl, show, "side by side", False) for iso in {isos!r}]
+meshes = [S.build_meshes(mol, iso, dl, show, "side by side") for iso in {isos!r}]
 sc = S.Scene()
 sc.update(meshes[0])
 iso = pn.widgets.FloatSlider(name="iso", start=0.002, end=0.3, step=0.002, value={iso0!r}, css_classes=["w-iso"])
@@ -223,11 +223,15 @@ def browser_side(dataset: Path, m: int) -> dict:
             entry = compute.load_entry(dataset)
             out["molecule"] = update_time(page, lambda r: set_number(page, ".w-molecule", int(entry.test[r + 7])))
             # memory per extra session
+            print({k: round(v, 3) for k, v in out.items()}, flush=True)  # the updates, before the memory part
             extra = []
-            for _ in range(3):
-                extra.append(load(b, app.url)[0])
-            time.sleep(5)
-            out["MB per extra session"] = (app.rss() - rss0) / 4  # 3 extra + the measured one
+            try:
+                for _ in range(3):
+                    extra.append(load(b, app.url)[0])
+                time.sleep(5)
+                out["MB per extra session"] = (app.rss() - rss0) / 4  # 3 extra + the measured one
+            except Exception as exc:  # noqa: BLE001 - report the timing figures even if this part fails
+                print(f"memory per session not measured: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
             for c in extra:
                 c.close()
             ctx.close()
@@ -287,7 +291,8 @@ def main():
     print(f"| first page load, data cached | {br['first load (data cached)']:.2f} | {floor_load:.2f} | "
           f"{br['first load (data cached)'] / floor_load:.2f} | <= 1.5 |")
     print(f"| first page load, cold server | {br['first load (cold)']:.2f} | - | - | - |")
-    print(f"\nserver memory per extra browser session: {br['MB per extra session']:.0f} MB")
+    if 'MB per extra session' in br:
+        print(f"\nserver memory per extra browser session: {br['MB per extra session']:.0f} MB")
     print(f"server logs free of tracebacks: app {br['app server clean']}, floor {br['floor server clean']}")
 
 
