@@ -24,7 +24,7 @@ import numpy as np
 from ..evaluation import KCAL_PER_HARTREE
 from ..models import MLHK, MLKS
 from ..progress import Progress, null_progress
-from .table2 import TRAININGS, load_sets
+from .table2 import TRAININGS
 
 #: which training set a figure uses when several exist with as many frames (the paper's choice first)
 PREFERENCE = {"benzene": ("300", "300+350", "300+400"), "ethane": ("300", "300+350", "300+400"),
@@ -33,7 +33,10 @@ PREFERENCE = {"benzene": ("300", "300+350", "300+400"), "ethane": ("300", "300+3
 
 def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
     """``(training label, Dataset, indices)``: the training set with the most PBE frames (first ``m``)."""
-    _, trains = load_sets(molecule, data_dir, md_dir)
+    from ..reference.md_sets import load_partial
+
+    # only the training sets: the test set is not needed here
+    trains = {t: d for t, s in TRAININGS.items() if (d := load_partial(molecule, s, data_dir, md_dir)) is not None}
     if not trains:
         raise ValueError(f"{molecule}: no training frames with PBE data yet; run `mlhk-viz generate pbe {molecule} "
                          f"{TRAININGS[PREFERENCE[molecule][0]]} --limit 100`")
@@ -115,7 +118,7 @@ def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict,
 def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progress: Progress = null_progress,
          log=print) -> dict:
     """Energies along the 20 ps classical trajectories (PBE frames that exist), ML-HK and ML-KS."""
-    from ..reference.md_sets import load_partial
+    from ..reference.md_sets import frames, load_partial
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +129,6 @@ def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progres
             log(f"fig2 {mol}: no PBE frames of the trace yet (`mlhk-viz generate pbe {mol} trace`); skipped")
             continue
         models = fit_models(mol, data_dir, md_dir, m, progress=progress)
-        from ..reference.md_sets import frames
-
         _, _, info = frames(mol, "trace", md_dir)
         times = np.asarray(info["times_fs"])[trace.meta["frames"]]
         ok = trace.converged
