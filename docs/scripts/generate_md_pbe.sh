@@ -4,9 +4,10 @@
 # first 2 ps of the benzene and ethane traces (Fig. 2), then the other pool combinations and
 # longer prefixes. Every step resumes from its finished chunks; stop it at any time (Ctrl-C loses
 # at most the chunks in flight). Costs per snapshot and worker are in docs/md-pbe.md.
+# MLHK_WORKERS=1 leaves a core free (e.g. for the AIMD of reference/aimd.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-run() { mlhk-viz generate pbe "$@" --chunk-size 5; }
+run() { mlhk-viz generate pbe "$@" --chunk-size 5 --workers "${MLHK_WORKERS:-2}"; }
 for step in \
   "ethane test 50" "ethane train300 100" "malonaldehyde test 50" \
   "ethane trace 40" "malonaldehyde train300+350 60" \

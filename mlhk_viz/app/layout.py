@@ -30,11 +30,12 @@ def doc_dispatch(doc):
     return dispatch
 
 
-def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None):
+def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None, defer=True):
     """The whole app for one session (a Panel ``Row``); call ``.servable()`` on it.
 
     Defaults from the environment: ``MLHK_VIZ_DATA`` (data folder), ``MLHK_VIZ_MODELS`` (model
     folder), ``MLHK_VIZ_DATASET`` (file name or path of the set opened first), ``MLHK_VIZ_M``.
+    ``defer``: in a served session, send the slice and the analysis tabs after the page has loaded.
     """
     import os
 
@@ -49,23 +50,37 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None):
     if m is None and os.environ.get("MLHK_VIZ_M"):
         m = int(os.environ["MLHK_VIZ_M"])
     doc = pn.state.curdoc
-    dispatch = doc_dispatch(doc) if doc is not None and doc.session_context is not None else None
+    served = doc is not None and doc.session_context is not None
+    dispatch = doc_dispatch(doc) if served else None
     state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve,
                      **({"m": m} if m else {}))
-    if doc is not None and doc.session_context is not None:
+    if served:
         pn.state.on_session_destroyed(lambda ctx: state.close())
     three, scene = views.view3d(state)
-    top = pn.Row(three, views.slice_view(state), sizing_mode="stretch_width")
-    tabs = pn.Tabs(
-        ("Errors", pn.Column(pn.Row(views.parity_plot(state), views.decomposition_plot(state)),
-                             pn.Row(views.summary_table(state), views.density_error_plot(state)))),
-        ("Learning curve", views.learning_curve(state)),
-        ("Trajectory", views.trajectory_plot(state)),
-        ("Export", views.export_panel(state)),
-        ("About", pn.pane.Markdown(H.ABOUT, width=800)),
-        dynamic=True, css_classes=["tabs"],
-    )
-    main = pn.Column(views.status_bar(state), top, tabs, sizing_mode="stretch_width")
+    # The 3D view goes out in the first document; the slice and the tabs (a second of HoloViews
+    # plots to build on the server and to lay out in the browser) follow once the page has loaded,
+    # so the density is on screen before the analyses. The placeholders keep the final geometry.
+    side = pn.Column(width=450, min_height=420, css_classes=["slice-slot"])
+    analyses = pn.Column(sizing_mode="stretch_width", css_classes=["analyses-slot"])
+
+    def rest():
+        side.objects = [views.slice_view(state)]
+        analyses.objects = [pn.Tabs(
+            ("Errors", pn.Column(pn.Row(views.parity_plot(state), views.decomposition_plot(state)),
+                                 pn.Row(views.summary_table(state), views.density_error_plot(state)))),
+            ("Learning curve", views.learning_curve(state)),
+            ("Trajectory", views.trajectory_plot(state)),
+            ("Export", views.export_panel(state)),
+            ("About", pn.pane.Markdown(H.ABOUT, width=800)),
+            dynamic=True, css_classes=["tabs"],
+        )]
+
+    if served and defer:
+        pn.state.onload(rest)
+    else:
+        rest()
+    top = pn.Row(three, side, sizing_mode="stretch_width")
+    main = pn.Column(views.status_bar(state), top, analyses, sizing_mode="stretch_width")
     app = pn.Row(views.controls(state), main, sizing_mode="stretch_width")
     app.state, app.scene = state, scene
     return app

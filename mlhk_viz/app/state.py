@@ -34,6 +34,8 @@ def _r(x, nd=4):
 
 #: jobs that run alongside the page without marking it busy (their own views show their state)
 BACKGROUND = frozenset({"curve", "md"})
+#: seconds of a busy spell before progress is shown, and between two progress messages
+PROGRESS_DELAY = 0.25
 
 
 class AppState(param.Parameterized):
@@ -83,6 +85,7 @@ class AppState(param.Parameterized):
         self._lock = threading.RLock()
         self._dispatch = dispatch or self._direct
         self._quiet = False
+        self._busy_since = self._last_progress = 0.0
         self._pending: set = set()
         self._want_curve = curve
         self._hyper = {k: dict(sigma_auto=True, log_sigma=0.0, lam_auto=True, log_lam=-8.0) for k in (HK, KS)}
@@ -157,6 +160,8 @@ class AppState(param.Parameterized):
 
     def _start(self, name):
         with self._lock:
+            if not (self._pending - BACKGROUND):
+                self._busy_since = time.perf_counter()
             self._pending.add(name)
             self.busy = bool(self._pending - BACKGROUND)
 
@@ -170,6 +175,12 @@ class AppState(param.Parameterized):
     def _on_progress(self, job, done, total, stage):
         if job in BACKGROUND:
             return
+        # Progress is for work a person waits on: nothing for the first PROGRESS_DELAY s of a busy
+        # spell, then at most one message per PROGRESS_DELAY (each is a page update in every browser).
+        now = time.perf_counter()
+        if now - self._busy_since < PROGRESS_DELAY or now - self._last_progress < PROGRESS_DELAY:
+            return
+        self._last_progress = now
         pct = int(100 * done / max(total, 1))
         def upd():
             if job in self._pending:

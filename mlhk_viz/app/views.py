@@ -70,8 +70,10 @@ def controls(state) -> pn.Column:
     lam = pn.widgets.EditableFloatSlider.from_param(p.log_lam, name="log₁₀ λ", format="0.00",
                                                     css_classes=["w-lam"])
     m = pn.widgets.EditableIntSlider.from_param(p.m, name="Training size M", css_classes=["w-m"])
+    # fixed heights on every text that changes per update: a pane that may change size makes the
+    # browser lay the whole page out again (every plot repainted) on each update
     chosen = pn.pane.HTML(pn.bind(_chosen_html, state.param.result, state.param.kind), css_classes=["hyper"],
-                          sizing_mode="stretch_width")
+                          sizing_mode="stretch_width", height=92)
 
     def disable(*_):
         sig.disabled = state.sigma_auto or bool(state.loaded_path)
@@ -135,9 +137,9 @@ def _chosen_html(result, kind):
 
 # ------------------------------------------------------------------------------ status
 def status_bar(state) -> pn.Row:
-    bar = pn.indicators.Progress(value=100, max=100, width=160, bar_color="info", css_classes=["progress"])
-    stage = pn.pane.Str("", css_classes=["stage"], width=260)
-    text = pn.pane.Str("", css_classes=["status"], sizing_mode="stretch_width")
+    bar = pn.indicators.Progress(value=100, max=100, width=160, height=20, bar_color="info", css_classes=["progress"])
+    stage = pn.pane.Str("", css_classes=["stage"], width=260, height=24)
+    text = pn.pane.Str("", css_classes=["status"], sizing_mode="stretch_width", height=24)
 
     def upd(*_):
         bar.value = state.progress if state.busy else 100
@@ -148,7 +150,7 @@ def status_bar(state) -> pn.Row:
     state.param.watch(upd, ["progress", "stage", "busy", "status", "error"])
     upd()
     knobs = pn.pane.HTML(pn.bind(_result_knobs, state.param.result), width=0, height=0, margin=0)
-    return pn.Row(bar, stage, text, knobs, sizing_mode="stretch_width")
+    return pn.Row(bar, stage, text, knobs, sizing_mode="stretch_width", height=34)
 
 
 def _result_knobs(result):
@@ -176,7 +178,7 @@ def view3d(state, height=460, width=640):
     state.param.watch(upd, ["view_data"])
     upd()
     cap = pn.pane.HTML(pn.bind(_mol_caption, state.param.view_data, state.param.result), css_classes=["mol-caption"],
-                       sizing_mode="stretch_width")
+                       sizing_mode="stretch_width", height=60)
     return pn.Column(sc.pane, cap, width=width), sc
 
 
