@@ -297,25 +297,32 @@ def test_app_in_browser(browser, server):
     d_e = float(page.locator(".traj-dE").first.inner_text())
     e_lib = (ev.mlhk.predict(ds.positions[frame:frame + 1])[0] - ds.energies[frame]) * kc
     assert d_e == pytest.approx(e_lib, abs=2e-3), split
-    # one run, stopped by hand (a run that finishes by itself is tested on the state: test_md_runs_live_and_stops;
-    # in the browser a second Run after a finished run was dropped in the fresh-clone runs: open defect, issue-5 note)
+    # run 1 stopped by hand; runs 2 and 3 finish by themselves (a Run after a finished run must start again)
     titles = lambda: page.locator(".md-status").all_inner_texts()  # noqa: E731
+    run_no = lambda: int(page.locator(".md-status").first.get_attribute("data-run"))  # noqa: E731
+
+    def wait_status(prefix, timeout):
+        t0 = time.time()
+        while not any(t.startswith(prefix) for t in titles()) and time.time() - t0 < timeout:
+            time.sleep(0.3)
+        assert any(t.startswith(prefix) for t in titles()), (prefix, titles())
+
     page.locator(".w-md-run button").first.scroll_into_view_if_needed()
     set_number(page, ".w-md-length", 3000)
     time.sleep(1.0)  # let the length reach the server before Run reads it
     page.locator(".w-md-run button").first.click()
-    t0 = time.time()
-    while not any(t.startswith("ML-HK MD: running") for t in titles()) and time.time() - t0 < 120:
-        time.sleep(0.3)
-    assert any(t.startswith("ML-HK MD: running") for t in titles()), titles()
+    wait_status("ML-HK MD run 1: running", 120)
     page.locator(".w-md-stop button").first.click()
-    t0 = time.time()
-    while not any(t.startswith("ML-HK MD: stopped") for t in titles()) and time.time() - t0 < 60:
-        time.sleep(0.3)
-    assert any(t.startswith("ML-HK MD: stopped") for t in titles()), titles()
+    wait_status("ML-HK MD run 1: stopped", 60)
     n_fs = float(titles()[0].split(", ")[-1].split()[0])
     time.sleep(2)
     assert 0 < n_fs < 3000 and titles()[0].endswith(f"{n_fs:.0f} fs)"), "no frames arrive after Stop"
+    set_number(page, ".w-md-length", 20)
+    time.sleep(1.0)
+    for n in (2, 3):
+        page.locator(".w-md-run button").first.click()
+        wait_status(f"ML-HK MD run {n}: finished", 120)
+        assert run_no() == n and titles()[0].endswith("20 fs)"), titles()
     page.screenshot(path=str(server["tmp"] / "trajectory-tab.png"), full_page=True)
 
     # -- a second session does not see this one's knobs

@@ -73,6 +73,7 @@ class AppState(param.Parameterized):
     progress = param.Integer(default=0, bounds=(0, 100))
     md_frames = param.List(default=[], doc="(time fs, E_ML Hartree) of the current or last ML-HK MD run")
     md_status = param.String(default="", doc="state of the ML-HK MD run")
+    md_runs = param.Integer(default=0, doc="ML-HK MD runs started in this session (the page numbers them)")
     busy = param.Boolean(default=False)
     error = param.String(default="")
     saved_path = param.String(default="")
@@ -407,8 +408,7 @@ class AppState(param.Parameterized):
         entry = compute.load_entry(k.dataset)
         start = entry.ds.positions[self.molecule]
         dur, temp = float(self.md_duration_fs), float(self.md_temperature_K)
-        self.md_frames = []
-        self.md_status = "starting (fitting the library model)"
+        self.param.update(md_frames=[], md_runs=self.md_runs + 1, md_status="starting (fitting the library model)")
         self._start("md")
         buf: list = []
 

@@ -505,14 +505,18 @@ def md_panel(state):
         width=620, height=220, color=COL["mlhk"], framewise=True, title="ML-HK MD energy")
     state.param.watch(lambda e: pipe.send(as_array(e.new)), "md_frames")
 
-    def status(s, frames):
+    def status(s, frames, runs):
         n = len(frames)
         tail = f" ({n} frames, {frames[-1][0]:.0f} fs)" if n else ""
-        return f"<span class='md-status'>ML-HK MD: {s or 'not run yet'}{tail}</span>"
+        return (f"<span class='md-status' data-run='{runs}'>ML-HK MD{f' run {runs}' if runs else ''}: "
+                f"{s or 'not run yet'}{tail}</span>")
 
-    label = pn.pane.HTML(status(state.md_status, state.md_frames))  # one pane, its text updated in place
-    state.param.watch(lambda *e: setattr(label, "object", status(state.md_status, state.md_frames)),
-                      ["md_status", "md_frames"])
+    def show(*_):  # one pane, its text updated in place
+        label.object = status(state.md_status, state.md_frames, state.md_runs)
+
+    label = pn.pane.HTML(height=24, sizing_mode="stretch_width")
+    show()
+    state.param.watch(show, ["md_status", "md_frames", "md_runs"])
     plot = pn.Column(label, pn.pane.HoloViews(dmap, linked_axes=False, css_classes=["md-trace"]))
     return pn.Column(pn.pane.Markdown(H.MD_HELP, width=620), pn.Row(run, stop, dur, temp), plot)
 
