@@ -124,9 +124,19 @@ class Server:
 
 
 def shot(page):
+    """Grey pixels of the 3D view: a CDP capture of its box (0.05 s against 0.12-0.15 s for Playwright's
+    element screenshot, which also waits for stability; fast polling disturbs the page less)."""
+    import base64
+
     from PIL import Image
 
-    png = page.locator(".view3d").first.screenshot()
+    box = page.locator(".view3d").first.bounding_box()
+    if box is None or box["width"] < 1:
+        raise RuntimeError("3D view not laid out yet")
+    cdp = getattr(page, "_mlhk_cdp", None)
+    if cdp is None:
+        cdp = page._mlhk_cdp = page.context.new_cdp_session(page)
+    png = base64.b64decode(cdp.send("Page.captureScreenshot", {"format": "png", "clip": {**box, "scale": 1}})["data"])
     return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
 
 

@@ -1,4 +1,5 @@
-"""The numbers behind the app: the paper's protocol, computed in M-space and cached.
+"""The numbers behind the app: the paper's protocol, computed in M-space (:mod:`mlhk_viz.mspace`)
+and cached.
 
 Everything here is a plain function of small hashable knobs, memoised in the shared caches of
 :mod:`mlhk_viz.app.cache`, so Dask tasks can be submitted with nothing but keys and every browser
@@ -25,21 +26,19 @@ only the densities shown in the 3D view touch 125,000 numbers (``b(x) Yc``, one 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 from ase.units import Bohr
 
-from .. import evaluation
+from .. import evaluation, mspace
 from ..datasets import Dataset, DatasetError
 from ..descriptor import GaussianPotential
-from ..krr import KernelRidgeModel, cv_grid
-from ..models import LAMBDAS, SIGMA_FACTORS
+from ..krr import KernelRidgeModel
+from ..mspace import Choice, median_distance
 from ..progress import null_progress
 from . import cache
 
@@ -192,13 +191,6 @@ def selection(entry: DataEntry, m: int, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ distances
-def median_distance(D: np.ndarray) -> float:
-    """As the library's CV grids use it: sqrt of the median off-diagonal squared distance."""
-    off = D[~np.eye(len(D), dtype=bool)]
-    med = float(np.sqrt(np.median(off))) if off.size else 1.0
-    return med if med > 0 else 1.0
-
-
 @dataclass
 class Distances:
     key: tuple
@@ -224,77 +216,25 @@ def distances(entry: DataEntry, train: np.ndarray, gamma: float, spacing: float)
 
 # ------------------------------------------------------------------------------ coefficient Grams
 @dataclass
-class Grams:
-    key: tuple
-    offset: np.ndarray  # (L,) mean training coefficients
-    G: np.ndarray  # (M, M) Yc Yc^T
-    H: np.ndarray  # (n_scored, M) (U_scored - offset) Yc^T, for the entry's scored frames
-    nt: np.ndarray  # (n_scored,) ||U_scored - offset||^2
-    s2: np.ndarray  # (L,) mean square of Yc per coefficient (the spread of the training densities)
-    T: np.ndarray  # (M, r) with T T^T = G, for shared CV
-
-
-def _gram_factor(S):
-    w, V = scipy.linalg.eigh(0.5 * (S + S.T), check_finite=False, driver="evd")
-    keep = w > 0
-    return V[:, keep] * np.sqrt(w[keep])
+class Grams(mspace.Grams):
+    key: tuple = ()
 
 
 def grams(entry: DataEntry, train: np.ndarray, progress=null_progress) -> Grams:
+    """:func:`mlhk_viz.mspace.coefficient_grams` of the training set against the entry's scored frames, cached."""
     key = ("gram", entry.key, train.tobytes())
 
     def build():
-        U, test = entry.U, entry.scored
-        M, L = len(train), U.shape[1]
-        offset = U[:, :0].sum(1)  # placeholder for shape checks
-        offset = np.zeros(L)
-        G = np.zeros((M, M))
-        H = np.zeros((len(test), M))
-        nt = np.zeros(len(test))
-        s2 = np.empty(L)
-        step = 8192
-        for k, s in enumerate(range(0, L, step)):
-            blk = slice(s, min(L, s + step))
-            Y = U[train, blk]
-            off = Y.mean(axis=0)
-            Y -= off
-            Tb = U[test, blk] - off
-            G += Y @ Y.T
-            H += Tb @ Y.T
-            nt += np.einsum("ij,ij->i", Tb, Tb)
-            s2[blk] = np.einsum("ij,ij->j", Y, Y) / M
-            offset[blk] = off
-            progress(k + 1, math.ceil(L / step), "coefficient Gram")
-        G = 0.5 * (G + G.T)
-        return Grams(key, offset, G, H, nt, s2, _gram_factor(G))
+        g = mspace.coefficient_grams(entry.U, train, entry.scored, progress)
+        return Grams(g.offset, g.G, g.H, g.nt, g.s2, g.T, key)
 
     return cache.GRAMS.get_or_compute(key, build)
 
 
 # ------------------------------------------------------------------------------ kernels
-@dataclass
-class Eigen:
-    sigma: float
-    e: np.ndarray  # (M,)
-    Q: np.ndarray  # (M, M)
-    K: np.ndarray  # (M, M)
-    Kx: np.ndarray  # (n, M) kernel from every molecule to the training set
-
-
-def gauss(D, sigma):
-    return np.exp(D * (-0.5 / (sigma * sigma)))
-
-
-def eigen(dist: Distances, sigma: float) -> Eigen:
+def eigen(dist: Distances, sigma: float) -> mspace.Eigen:
     key = ("eig", dist.key, float(sigma))
-
-    def build():
-        K = gauss(dist.D_tr, sigma)
-        e, Q = scipy.linalg.eigh(K, check_finite=False, driver="evd")
-        np.maximum(e, 0.0, out=e)
-        return Eigen(float(sigma), e, np.ascontiguousarray(Q), K, gauss(dist.D_all, sigma))
-
-    return cache.EIGEN.get_or_compute(key, build)
+    return cache.EIGEN.get_or_compute(key, lambda: mspace.kernel_eigen(dist.D_tr, dist.D_all, sigma))
 
 
 @dataclass(frozen=True)
@@ -312,27 +252,8 @@ class FitKnobs:
     seed: int = 0
 
 
-@dataclass
-class Choice:
-    """Hyperparameters in use: ``sigma`` absolute (descriptor-distance units), ``factor`` = sigma / median."""
-
-    sigma: float
-    lam: float
-    factor: float
-    by_cv: tuple  # (sigma by CV?, lambda by CV?)
-    cv_errors: np.ndarray | None = None  # (n_sigma, n_lam) LOO errors when CV ran
-    cv_sigmas: np.ndarray | None = None
-    cv_lams: np.ndarray | None = None
-
-
 def _choose(D, Y, med, factor, lam, progress, stage, center=True) -> Choice:
-    if factor is not None and lam is not None:
-        return Choice(float(factor) * med, float(lam), float(factor), (False, False))
-    sigmas = np.array([float(factor) * med]) if factor is not None else np.asarray(SIGMA_FACTORS) * med
-    lams = np.array([float(lam)]) if lam is not None else np.asarray(LAMBDAS, float)
-    res = cv_grid(D, Y, sigmas, lams, cv="loo", center=center, progress=lambda d, t, s: progress(d, t, stage))
-    return Choice(float(res.best_sigma), float(res.best_lam), float(res.best_sigma) / med,
-                  (factor is None, lam is None), res.errors, res.sigmas, res.lams)
+    return mspace.choose(D, Y, med, factor, lam, progress, stage, center)
 
 
 def density_choice(k: FitKnobs, progress=null_progress) -> Choice:
@@ -370,15 +291,9 @@ def density_model(k: FitKnobs, progress=null_progress) -> DensityModel:
         eg = eigen(dist, choice.sigma)
         progress(1, 1, "kernel")
         progress(0, 1, "solve")
-        inv = 1.0 / (eg.e + choice.lam)
-        B = (eg.Q * (eg.e * inv)) @ eg.Q.T  # K (K + lam I)^-1
-        KxQ = eg.Kx @ eg.Q
-        var = np.maximum(1.0 - (KxQ * KxQ) @ inv, 0.0)
-        # k(x) Q diag(1/(e + lam)) Q^T in this order: the components of k(x) along the
-        # small-eigenvalue directions are small too, so nothing of size 1/lam is ever formed
-        b = (KxQ * inv) @ eg.Q.T
+        b, B, var = mspace.density_weights(eg, choice.lam)
         progress(1, 1, "solve")
-        return DensityModel(choice, train, b, 0.5 * (B + B.T), var)
+        return DensityModel(choice, train, b, B, var)
 
     return cache.MODELS.get_or_compute(key, build)
 
@@ -388,18 +303,10 @@ def predicted_coefficients(k: FitKnobs, i: int) -> np.ndarray:
     entry = load_entry(k.dataset)
     dm = density_model(k)
     gr = grams(entry, dm.train)
-    w = dm.b[i]
-    full = np.zeros(len(entry.U))
-    full[dm.train] = w
-    return full @ entry.U + (1.0 - w.sum()) * gr.offset
+    return mspace.predicted_coefficients(entry.U, dm.train, gr.offset, dm.b[i])
 
 
 # ------------------------------------------------------------------------------ energies
-def _sqd(self_a, self_b, cross):
-    d = self_a[:, None] + self_b[None, :] - 2.0 * cross
-    return np.maximum(d, 0.0, out=d)
-
-
 @dataclass
 class FitResult:
     """Both models on the current knobs: what the plots show. Energies in Hartree, errors kcal/mol."""
@@ -466,20 +373,13 @@ def fit(k: FitKnobs, progress=null_progress) -> FitResult:
     E = entry.ds.energies
     y = E[train]
     # ML-HK energy functional on the model's own training densities (Eq. 13), all via G
-    BG = dm.B @ gr.G
-    Gff = BG @ dm.B.T
-    dff = np.diag(Gff).copy()
-    DF = _sqd(dff, dff, Gff)
-    DF = 0.5 * (DF + DF.T)
+    fd = mspace.functional_distances(dm.b, dm.B, gr.G, gr.H, gr.nt)
+    DF = fd["train"]
     energy = _choose(DF, y[:, None], median_distance(DF), None, None, progress, "energy CV")
     em = KernelRidgeModel().fit(DF, y[:, None], energy.sigma, energy.lam)
-    bG = dm.b @ gr.G  # (n, M)
-    self_x = np.einsum("ij,ij->i", bG, dm.b)
-    E_hk = em.predict(_sqd(self_x, dff, bG @ dm.B.T))[:, 0]
-    HB = gr.H @ dm.B.T
-    E_at = em.predict(_sqd(gr.nt, dff, HB))[:, 0]  # E^ML[n^DFT] on the scored frames
-    bs = dm.b[entry.scored]
-    l2_all = np.sqrt(np.maximum(self_x[entry.scored] - 2 * np.einsum("ij,ij->i", bs, gr.H) + gr.nt, 0.0))
+    E_hk = em.predict(fd["predicted"])[:, 0]
+    E_at = em.predict(fd["dft"])[:, 0]  # E^ML[n^DFT] on the scored frames
+    l2_all = mspace.density_l2(dm.b[entry.scored], fd["self"][entry.scored], gr.H, gr.nt)
     ti, tj = np.searchsorted(entry.scored, entry.test), np.searchsorted(entry.scored, entry.traj)
     E_hk_dft, l2 = E_at[ti], l2_all[ti]
     # ML-KS, straight from the potential
