@@ -45,6 +45,8 @@ from . import cache
 #: training sizes offered by the M slider and the learning curve
 MAX_M = 200
 CURVE_SIZES = (5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200)
+#: prefetch of neighbouring M starts after this many 0.1 s steps without a newer request
+PREFETCH_IDLE_STEPS = 5
 #: target number of voxels of the fine view grid, margin around the atoms (bohr)
 VIEW_VOXELS = 72**3
 VIEW_MARGIN = 4.0
@@ -260,12 +262,15 @@ def density_choice(k: FitKnobs, progress=null_progress) -> Choice:
     entry = load_entry(k.dataset)
     train = selection(entry, k.m, k.seed)
     dist = distances(entry, train, k.gamma, k.spacing)
-    gr = grams(entry, train, progress)
     key = ("hk-choice", dist.key, train.tobytes(), k.hk_sigma, k.hk_lam)
+    if k.hk_sigma is not None and k.hk_lam is not None:  # set by hand: no CV, no pass over the coefficients
+        return cache.MODELS.get_or_compute(key, lambda: _choose(dist.D_tr, None, dist.median, k.hk_sigma, k.hk_lam,
+                                                                progress, "density CV"))
     # CV on the Gram factor T (T T^T = Yc Yc^T) with center=False: the same LOO errors as CV on
     # the (M, 125000) coefficients, at O(M^3) per grid point
-    return cache.MODELS.get_or_compute(
-        key, lambda: _choose(dist.D_tr, gr.T, dist.median, k.hk_sigma, k.hk_lam, progress, "density CV", center=False))
+    return cache.MODELS.get_or_compute(key, lambda: _choose(
+        dist.D_tr, grams(entry, train, progress).T, dist.median, k.hk_sigma, k.hk_lam, progress, "density CV",
+        center=False))
 
 
 @dataclass
@@ -302,8 +307,16 @@ def predicted_coefficients(k: FitKnobs, i: int) -> np.ndarray:
     """ML-HK coefficients of molecule ``i``: ``(125000,)`` = offset + b Yc, touching M rows of U."""
     entry = load_entry(k.dataset)
     dm = density_model(k)
-    gr = grams(entry, dm.train)
-    return mspace.predicted_coefficients(entry.U, dm.train, gr.offset, dm.b[i])
+    return mspace.predicted_coefficients(entry.U, dm.train, offset(entry, dm.train), dm.b[i])
+
+
+def offset(entry: DataEntry, train: np.ndarray) -> np.ndarray:
+    """Mean training coefficients (125000,): from the Grams if they are cached, else one (M, L) mean, so a
+    picture for a new M does not wait for the whole Gram pass."""
+    gr = cache.GRAMS.get(("gram", entry.key, train.tobytes()))
+    if gr is not None:
+        return gr.offset
+    return cache.GRAMS.get_or_compute(("offset", entry.key, train.tobytes()), lambda: entry.U[train].mean(axis=0))
 
 
 # ------------------------------------------------------------------------------ energies
@@ -523,7 +536,7 @@ def prefetch(dataset: str, ms, gamma: float, spacing: float, progress=null_progr
     import time
 
     entry = load_entry(dataset)
-    for _ in range(15):  # start only after 1.5 s without any request: people pause between moves
+    for _ in range(PREFETCH_IDLE_STEPS):  # start only after a short pause without any request
         time.sleep(0.1)
         progress(0, len(ms), "prefetch")
     for k, m in enumerate(ms):

@@ -87,12 +87,14 @@ class AppState(param.Parameterized):
         self._dispatch = dispatch or self._direct
         self._quiet = False
         self._busy_since = self._last_progress = 0.0
+        self._m_step = 0  # +1 / -1: the way the M slider last moved (prefetch goes that way first)
         self._pending: set = set()
         self._want_curve = curve
         self._hyper = {k: dict(sigma_auto=True, log_sigma=0.0, lam_auto=True, log_lam=-8.0) for k in (HK, KS)}
         self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "save", "prefetch", "md")}
         self.timings: dict = {}
         super().__init__(**params)
+        self.param.watch(self._m_moved, "m")
         self.refresh_lists()
         objs = self.param.dataset.objects
         if dataset is not None:
@@ -253,6 +255,9 @@ class AppState(param.Parameterized):
     def _remember_shown(self):
         self._shown = dict(sigma_auto=self.sigma_auto, log_sigma=self.log_sigma, lam_auto=self.lam_auto, log_lam=self.log_lam)
 
+    def _m_moved(self, event):
+        self._m_step = int(np.sign(event.new - event.old)) or self._m_step
+
     @param.depends(*FIT_KNOBS[1:], watch=True)
     def _fit_knobs_changed(self):
         self._remember_shown()
@@ -376,7 +381,8 @@ class AppState(param.Parameterized):
     def _prefetch(self, k) -> None:
         """Warm the caches for M - 2 .. M + 2 in the background (an M step then skips K-means and the Gram pass)."""
         lo, hi = self.param.m.bounds
-        ms = [m for m in (k.m + 1, k.m - 1, k.m + 2, k.m - 2) if lo <= m <= hi]
+        d = self._m_step or 1  # the way the slider last moved goes first: the next step is likely the same
+        ms = [m for m in (k.m + d, k.m + 2 * d, k.m - d, k.m - 2 * d) if lo <= m <= hi]
         self.jobs["prefetch"].submit(tasks.prefetch, k.dataset, tuple(ms), k.gamma, k.spacing,
                                      on_done=lambda _: None, priority=-20)
 
