@@ -117,3 +117,43 @@ def test_fig3b_machinery_on_a_short_ethane_run(tmp_path):
     stamp = (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns
     again = figures.fig3b(tmp_path, root / "data", root / "data" / "md", **kw)
     assert again["stats"] == info["stats"] and (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns == stamp
+
+
+def test_fig3a_end_to_end_equals_an_explicit_refit(tmp_path):
+    """fig3a on a stand-in for the AIMD set (six PBE frames with times): CSV, PNG and statistics equal
+    a refit of the library models on the same training frames, and a missing AIMD set is a clear error."""
+    import csv
+
+    import numpy as np
+
+    from mlhk_viz.datasets import Dataset
+    from mlhk_viz.evaluation import KCAL_PER_HARTREE
+    from mlhk_viz.models import MLHK
+    from mlhk_viz.reference.md import load_trajectory
+    from mlhk_viz.reproduce import figures
+
+    root = Path(__file__).resolve().parent.parent
+    data = tmp_path / "data"
+    data.mkdir()
+    for d in (root / "data").glob("malonaldehyde-train300+350.npz.parts-*"):
+        (data / d.name).symlink_to(d)
+    with pytest.raises(ValueError, match="malonaldehyde-aimd.npz"):
+        figures.fig3a(tmp_path / "out", data, root / "data" / "md", m=12, log=lambda *a: None)
+    full = Dataset.load(root / "data" / "malonaldehyde-md.npz")
+    frames = np.asarray(full.meta["roles"]["test"][:6])
+    aimd = full.subset(frames)
+    aimd.meta["times_fs"] = [10.0 * i for i in range(6)]
+    aimd.save(data / "malonaldehyde-aimd.npz")
+    info = figures.fig3a(tmp_path / "out", data, root / "data" / "md", m=12, log=lambda *a: None)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "fig3a.csv")))
+    assert [float(r["time_fs"]) for r in rows] == aimd.meta["times_fs"]
+    np.testing.assert_allclose([float(r["E_pbe_hartree"]) for r in rows], aimd.energies, atol=1e-9)
+    label, train, idx = figures.training_set("malonaldehyde", data, root / "data" / "md", 12)
+    assert (label, len(idx)) == ("300+350", 12)
+    ref = load_trajectory(root / "data" / "md" / "malonaldehyde-test-300K.npz")["reference"]
+    hk = MLHK(reference=ref).fit(train.positions[idx], train.energies[idx], train.coefficients()[idx],
+                                 numbers=train.numbers)
+    err = np.abs(hk.predict(aimd.positions) - aimd.energies) * KCAL_PER_HARTREE
+    assert info["stats"]["mlhk"]["mae"] == pytest.approx(err.mean(), rel=1e-9)
+    assert info["stats"]["mlhk"]["max"] == pytest.approx(err.max(), rel=1e-9)
+    assert (tmp_path / "out" / "fig3a.png").stat().st_size > 5000
