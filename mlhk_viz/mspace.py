@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .krr import cv_grid
+from .krr import _gauss, cv_grid
 from .models import LAMBDAS, SIGMA_FACTORS
 from .progress import null_progress
 
@@ -60,8 +60,8 @@ GRAM_BLOCK = 8192
 
 
 def gauss(D: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian kernel ``exp(-D / (2 sigma^2))`` of squared distances ``D``."""
-    return np.exp(D * (-0.5 / (sigma * sigma)))
+    """Gaussian kernel ``exp(-D / (2 sigma^2))`` of squared distances ``D`` (the KRR module's, unchecked)."""
+    return _gauss(D, sigma)
 
 
 def median_distance(D: np.ndarray) -> float:
