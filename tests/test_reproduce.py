@@ -40,6 +40,8 @@ def test_power_law_fit_recovers_an_exact_power_law():
     assert f["b"] == pytest.approx(0.6) and f["a"] == pytest.approx(3.0)
     assert f["mae_at_2000"] == pytest.approx(3.0 * 2000 ** -0.6)
     assert power_law([10], [1.0]) is None
+    rising = power_law(ms, 0.1 * ms ** 0.2)  # noise on a plateau: no extrapolation
+    assert rising["b"] == pytest.approx(-0.2) and rising["mae_at_2000"] is None
 
 
 @pytest.mark.slow

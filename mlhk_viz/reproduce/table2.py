@@ -78,14 +78,18 @@ def fit_and_score(train: Dataset, test: Dataset, m: int, density: bool = False, 
 
 
 def power_law(ms, maes, last: int = 3) -> dict | None:
-    """Least-squares ``MAE = a M^-b`` over the last ``last`` curve points, and its value at M = 2000."""
+    """Least-squares ``MAE = a M^-b`` over the last ``last`` curve points, and its value at M = 2000.
+
+    A curve that does not decrease over those points (b <= 0: noise on a plateau) is not extrapolated:
+    ``mae_at_2000`` is then None, since an error that grows with more data is not a prediction.
+    """
     ms, maes = np.asarray(ms, float), np.asarray(maes, float)
     if len(ms) < 2:
         return None
     x, y = np.log(ms[-last:]), np.log(maes[-last:])
     slope, icpt = np.polyfit(x, y, 1)
-    return {"a": float(np.exp(icpt)), "b": float(-slope), "points": int(len(x)),
-            "mae_at_2000": float(np.exp(icpt) * TARGET_M ** slope)}
+    at = float(np.exp(icpt) * TARGET_M ** slope) if slope < 0 else None
+    return {"a": float(np.exp(icpt)), "b": float(-slope), "points": int(len(x)), "mae_at_2000": at}
 
 
 def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve: bool = True,
@@ -156,7 +160,7 @@ def format_markdown(rows, curves, dens, missing=()) -> str:
             r, p = by[(mol, tr, q)], TABLE2.get((mol, tr), {}).get(q)
             f = (fits.get((mol, tr)) or {}).get(q)
             ok = " ✓" if p and r["mae"] <= p[0] else ""
-            est = f"{f['mae_at_2000']:.2g}" if f else "–"
+            est = ("–" if not f else f"{f['mae_at_2000']:.2g}" if f["mae_at_2000"] is not None else "not decreasing")
             cells += [f"{r['mae']:.3g}{ok}", f"{r['max']:.3g}" + (f" ({p[1]:.2g})" if p else ""),
                       est + (f" ({p[0]:.2g})" if p else "")]
         r0 = by[(mol, tr, "mlhk_dE")]
