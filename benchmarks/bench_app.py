@@ -60,7 +60,7 @@ def python_side(dataset: Path, m: int, reps: int = 3) -> dict:
     timed("iso level", lambda r: setattr(st, "iso", iso0 * (1.15 + 0.1 * r)), jobs=("view",))
     timed("sigma", lambda r: setattr(st, "log_sigma", sig0 + 0.05 * (r + 1)))
     # one slider step at a time, as a person moves it (neighbouring sizes are prefetched when idle)
-    timed("M", lambda r: setattr(st, "m", m - (r + 1)), pause=3.0)
+    timed("M", lambda r: setattr(st, "m", m - (r + 1)), pause=1.6)  # the browser part's gap between moves
     timed("molecule", lambda r: setattr(st, "molecule", int(st.result.test[r + 1])), jobs=("view",))
     st.close()
     engine.shutdown()
