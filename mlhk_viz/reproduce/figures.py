@@ -62,8 +62,11 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), progr
     return out
 
 
-def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict, log) -> dict:
-    """CSV + PNG of energy traces; ``series`` name -> (n,) Hartree with NaN where not computed."""
+def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict, log, lower: dict | None = None) -> dict:
+    """CSV + PNG of energy traces; ``series`` name -> (n,) Hartree with NaN where not computed.
+
+    ``lower``: optional curves (label -> (n,) values, with ``"_ylabel"``) drawn in a panel below the energies.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +90,16 @@ def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict,
             if ok.any():
                 err = np.abs(series[k][ok] - pbe[ok]) * KCAL_PER_HARTREE
                 stats[k] = {"mae": float(err.mean()), "max": float(err.max()), "n": int(ok.sum())}
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    if lower:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 4.6), dpi=110, sharex=True, height_ratios=(2.2, 1))
+        for label, v in lower.items():
+            if not label.startswith("_"):
+                ax2.plot(np.asarray(times_fs) / 1000.0, v, lw=1.0, marker="o", ms=2.5, label=label)
+        ax2.set_ylabel(lower.get("_ylabel", ""))
+        ax2.set_xlabel("time (ps)")
+        ax2.legend(fontsize=8, frameon=False)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
     style = {"pbe": dict(color="tab:blue", label="PBE"), "mlhk": dict(color="tab:red", label="ML-HK"),
              "mlks": dict(color="0.5", lw=0.8, ls="--", label="ML-KS")}
     t_ps = np.asarray(times_fs) / 1000.0
@@ -98,7 +110,8 @@ def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict,
         if sparse:  # single points (PBE on a few snapshots): markers, no line
             kw.update(marker="o", lw=0)
         ax.plot(t_ps[ok], v[ok], **kw)
-    ax.set_xlabel("time (ps)")
+    if not lower:
+        ax.set_xlabel("time (ps)")
     ax.set_ylabel("E − ⟨E_PBE⟩ (kcal/mol)")
     s = stats.get("mlhk")
     ax.set_title(title + (f"\nML-HK vs PBE: MAE {s['mae']:.2f}, max {s['max']:.2f} kcal/mol ({s['n']} frames)"
@@ -211,4 +224,6 @@ def fig3a(out, data_dir, md_dir, m=None, progress: Progress = null_progress, log
               "mlks": models["mlks"].predict(ds.positions)}
     return _write(out, "fig3a", times, series,
                   f"Fig. 3a: malonaldehyde PBE AIMD with proton transfer (ML-HK M = {models['M']})",
-                  {"training": models["training"], "M": models["M"]}, log)
+                  {"training": models["training"], "M": models["M"]}, log,
+                  lower=({"O0–H5": ds.meta["o0_h5"], "H5–O4": ds.meta["h5_o4"], "_ylabel": "distance (Å)"}
+                         if "o0_h5" in ds.meta else None))
