@@ -267,6 +267,14 @@ def test_app_in_browser(browser, server):
 
     # -- the trajectory (the H2 scan): a click on the DFT curve moves the frame cursor and the 3D view,
     # the readout splits that frame's dE into dE_F + dE_D; then an ML-HK MD run starts, draws live, stops
+    # -- the learning curve starts when its tab is first opened, and its points arrive
+    page.get_by_text("Learning curve", exact=True).first.click()
+    status = page.locator(".curve-status").first
+    status.wait_for(timeout=LONG)
+    t0 = time.time()
+    while int(status.get_attribute("data-done")) < 2 and time.time() - t0 < 300:
+        time.sleep(0.5)
+    assert int(status.get_attribute("data-done")) >= 2 and int(status.get_attribute("data-total")) >= 5
     page.get_by_text("Trajectory", exact=True).first.click()
     page.locator(".trajectory-plot").first.scroll_into_view_if_needed()
     r_bond = np.linalg.norm(ds.positions[:, 0] - ds.positions[:, 1], axis=1)

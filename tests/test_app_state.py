@@ -222,6 +222,23 @@ def test_sessions_share_caches_not_knobs(app_modules, tmp_path):
         b.close()
 
 
+def test_learning_curve_starts_on_demand(app_modules, tmp_path):
+    """curve=False computes nothing until want_curve() (the app calls it when the tab is opened)."""
+    _, _, _, state, _ = app_modules
+    s = state.AppState(dataset=H2, model_dir=tmp_path, curve=False)
+    try:
+        assert s.wait(300)
+        time.sleep(1.0)
+        assert s.curve == [] and "curve" not in s._pending
+        s.want_curve()
+        t0 = time.perf_counter()
+        while len(s.curve) < 2 and time.perf_counter() - t0 < 300:
+            time.sleep(0.2)
+        assert len(s.curve) >= 2 and [p["M"] for p in s.curve] == s.curve_sizes[:len(s.curve)]
+    finally:
+        s.close()
+
+
 def test_learning_curve_points(app_modules, tmp_path):
     _, compute, _, state, _ = app_modules
     s = state.AppState(dataset=H2, model_dir=tmp_path, curve=True)

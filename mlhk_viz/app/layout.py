@@ -30,12 +30,14 @@ def doc_dispatch(doc):
     return dispatch
 
 
-def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None, defer=True):
+def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=None, defer=True):
     """The whole app for one session (a Panel ``Row``); call ``.servable()`` on it.
 
     Defaults from the environment: ``MLHK_VIZ_DATA`` (data folder), ``MLHK_VIZ_MODELS`` (model
     folder), ``MLHK_VIZ_DATASET`` (file name or path of the set opened first), ``MLHK_VIZ_M``.
     ``defer``: in a served session, send the slice and the analysis tabs after the page has loaded.
+    ``curve``: True computes the learning curve from the start, "on demand" when its tab is first
+    opened, False never.
     """
     import os
 
@@ -52,7 +54,7 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None, d
     doc = pn.state.curdoc
     served = doc is not None and doc.session_context is not None
     dispatch = doc_dispatch(doc) if served else None
-    state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve,
+    state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve is True,
                      **({"m": m} if m else {}))
     if served:
         pn.state.on_session_destroyed(lambda ctx: state.close())
@@ -65,7 +67,7 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None, d
 
     def rest():
         side.objects = [views.slice_view(state)]
-        analyses.objects = [pn.Tabs(
+        tabs = pn.Tabs(
             ("Errors", pn.Column(pn.Row(views.parity_plot(state), views.decomposition_plot(state)),
                                  pn.Row(views.summary_table(state), views.density_error_plot(state)))),
             ("Learning curve", views.learning_curve(state)),
@@ -73,7 +75,10 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve=True, m=None, d
             ("Export", views.export_panel(state)),
             ("About", pn.pane.Markdown(H.ABOUT, width=800)),
             dynamic=True, css_classes=["tabs"],
-        )]
+        )
+        if curve == "on demand":
+            tabs.param.watch(lambda e: state.want_curve() if e.new == 1 else None, "active")
+        analyses.objects = [tabs]
 
     if served and defer:
         pn.state.onload(rest)

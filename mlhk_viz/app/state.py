@@ -356,6 +356,16 @@ class AppState(param.Parameterized):
 
         self.jobs["view"].submit(tasks.view, src, *vk, on_done=done, on_error=failed, priority=20)
 
+    def want_curve(self) -> None:
+        """Start computing the learning curve (once; it then follows the data set and the descriptor).
+
+        The app calls this when its Learning-curve tab is first opened: the curve is minutes of CV on
+        two cores, and computing it for every session from the start slowed every update on the page.
+        """
+        if not self._want_curve:
+            self._want_curve = True
+            self.request_curve()
+
     def request_curve(self) -> None:
         ds, g, s = self.dataset, _r(self.gamma), _r(self.spacing)
         entry = compute.load_entry(ds)

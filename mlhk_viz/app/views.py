@@ -405,7 +405,14 @@ def learning_curve(state):
         return hv.Overlay(layers).opts(logx=True, logy=True, width=560, height=360, title=title,
                                        legend_position="bottom_left", show_grid=True)
 
-    return pn.pane.HoloViews(linked_axes=False, object=pn.bind(plot, state.param.curve, state.param.result), css_classes=["learning-curve"])
+    def status(curve):
+        tot = len(getattr(state, "curve_sizes", []) or [])
+        return (f"<span class='curve-status' data-done='{len(curve)}' data-total='{tot}'>{len(curve)} of {tot} training "
+                "sizes done (computed in the background from when this tab was first opened)</span>")
+
+    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=pn.bind(plot, state.param.curve, state.param.result),
+                                       css_classes=["learning-curve"]),
+                     pn.pane.HTML(pn.bind(status, state.param.curve), height=24, sizing_mode="stretch_width"))
 
 
 def trajectory_plot(state):
