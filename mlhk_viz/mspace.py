@@ -52,6 +52,7 @@ __all__ = [
     "kernel_eigen",
     "median_distance",
     "predicted_coefficients",
+    "rows_combination",
     "sq_from_inner",
 ]
 
@@ -183,7 +184,15 @@ def density_l2(b_scored: np.ndarray, self_scored: np.ndarray, H: np.ndarray, nt:
 
 def predicted_coefficients(U: np.ndarray, train: np.ndarray, offset: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``offset + w @ (U[train] - offset)``: (L,) coefficients for one weight vector ``w`` (M,)."""
-    return np.asarray(w) @ U[train] + (1.0 - float(np.sum(w))) * offset
+    return rows_combination(U, train, w) + (1.0 - float(np.sum(w))) * offset
+
+
+def rows_combination(U: np.ndarray, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``w @ U[rows]`` without copying the rows: one matrix-vector product over all of ``U`` with
+    ``w`` scattered into a full-length vector (``U[rows]`` would copy M x L numbers on every call)."""
+    full = np.zeros(len(U))
+    np.add.at(full, np.asarray(rows), np.asarray(w, float))
+    return full @ U
 
 
 @dataclass

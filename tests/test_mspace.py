@@ -50,6 +50,13 @@ def test_density_weights_predict_as_sklearn_kernel_ridge(problem):
     assert np.all(var[train] < var[scored].max())
 
 
+def test_rows_combination_equals_indexing(problem):
+    U, _, train, _ = problem
+    w = np.linspace(-1, 2, len(train))
+    np.testing.assert_allclose(mspace.rows_combination(U, train, w), w @ U[train], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mspace.rows_combination(U, [3, 3], [0.5, 0.25]), 0.75 * U[3], rtol=1e-12)
+
+
 def test_functional_distances_and_l2_equal_explicit_distances(problem):
     U, D, train, scored = problem
     eig = mspace.kernel_eigen(D[np.ix_(train, train)], D[:, train], 1.3)

@@ -316,7 +316,7 @@ def offset(entry: DataEntry, train: np.ndarray) -> np.ndarray:
     gr = cache.GRAMS.get(("gram", entry.key, train.tobytes()))
     if gr is not None:
         return gr.offset
-    return cache.GRAMS.get_or_compute(("offset", entry.key, train.tobytes()), lambda: entry.U[train].mean(axis=0))
+    return cache.GRAMS.get_or_compute(("offset", entry.key, train.tobytes()), lambda: mspace.rows_combination(entry.U, train, np.full(len(train), 1.0 / len(train))))
 
 
 # ------------------------------------------------------------------------------ energies
