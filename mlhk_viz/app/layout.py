@@ -67,17 +67,18 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=
 
     def rest():
         side.objects = [views.slice_view(state)]
-        tabs = pn.Tabs(
+        pages = [
             ("Errors", pn.Column(pn.Row(views.parity_plot(state), views.decomposition_plot(state)),
                                  pn.Row(views.summary_table(state), views.density_error_plot(state)))),
             ("Learning curve", views.learning_curve(state)),
             ("Trajectory", views.trajectory_plot(state)),
             ("Export", views.export_panel(state)),
             ("About", pn.pane.Markdown(H.ABOUT, width=800)),
-            dynamic=True, css_classes=["tabs"],
-        )
+        ]
+        tabs = pn.Tabs(*pages, dynamic=True, css_classes=["tabs"])
         if curve == "on demand":
-            tabs.param.watch(lambda e: state.want_curve() if e.new == 1 else None, "active")
+            i_curve = [name for name, _ in pages].index("Learning curve")
+            tabs.param.watch(lambda e: state.want_curve() if e.new == i_curve else None, "active")
         analyses.objects = [tabs]
 
     if served and defer:

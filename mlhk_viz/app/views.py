@@ -70,8 +70,7 @@ def controls(state) -> pn.Column:
     lam = pn.widgets.EditableFloatSlider.from_param(p.log_lam, name="log₁₀ λ", format="0.00",
                                                     css_classes=["w-lam"])
     m = pn.widgets.EditableIntSlider.from_param(p.m, name="Training size M", css_classes=["w-m"])
-    # fixed heights on every text that changes per update: a pane that may change size makes the
-    # browser lay the whole page out again (every plot repainted) on each update
+    # fixed heights on the texts that change per update, so that nothing below them jumps
     chosen = pn.pane.HTML(pn.bind(_chosen_html, state.param.result, state.param.kind), css_classes=["hyper"],
                           sizing_mode="stretch_width", height=92)
 
