@@ -22,6 +22,4 @@ for fmax, lmax in [(31.6, 0.1), (1000, 0.1), (1000, 100), (1e4, 1e3)]:
     em = KernelRidgeModel().fit(fd["train"], y[:, None], res.best_sigma, res.best_lam)
     p = em.predict(fd["predicted"])[:, 0]
     print(f"grid to factor {fmax:g}, lam {lmax:g}: chosen factor {res.best_sigma/med:.3g} lam {res.best_lam:.1e}  test MAE {np.mean(np.abs(p[t]-E[t]))*KC:.3f}  max {np.max(np.abs(p[t]-E[t]))*KC:.2f}")
-# linear ridge on density coefficients (M-space: kernel = Gram of predicted densities) as a check
-Gff = dm.B @ gr.G @ dm.B.T
 print("mean predictor", np.mean(np.abs(E[t] - y.mean())) * KC)
