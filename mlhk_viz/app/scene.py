@@ -61,25 +61,65 @@ def atoms_mesh(numbers, positions_bohr):
     return got
 
 
+BOND_MAX = 3.6  # bohr (about 1.9 Å): atoms closer than this are drawn bonded
+BOND_RADIUS = 0.12  # bohr
+
+
+def _templates():
+    """Unit sphere and unit cylinder (axis z, z in [-0.5, 0.5]) as (points, triangles), built once."""
+    global _TEMPLATES
+    if _TEMPLATES is None:
+        import pyvista as pv
+
+        out = []
+        for m in (pv.Sphere(radius=1.0, center=(0, 0, 0), theta_resolution=16, phi_resolution=12),
+                  pv.Cylinder(center=(0, 0, 0), direction=(0, 0, 1), radius=1.0, height=1.0, resolution=12)):
+            t = m.triangulate()
+            out.append((np.asarray(t.points, float), t.faces.reshape(-1, 4)[:, 1:].copy()))
+        _TEMPLATES = tuple(out)
+    return _TEMPLATES
+
+
+_TEMPLATES = None
+
+
+def _instances(template, transforms, offsets):
+    """Copies of ``template`` placed by ``transforms`` (k, 3, 3) and ``offsets`` (k, 3): points, triangles."""
+    pts, tri = template
+    k = len(offsets)
+    placed = np.einsum("kij,pj->kpi", transforms, pts) + offsets[:, None, :]
+    tris = tri[None] + (np.arange(k) * len(pts))[:, None, None]
+    return placed.reshape(-1, 3), tris.reshape(-1, 3)
+
+
 def _atoms_mesh(numbers, positions_bohr):
+    """Spheres and bonds placed with numpy from two templates (pyvista's sources per atom cost ~10 ms each)."""
     import pyvista as pv
 
-    parts = []
-    for z, p in zip(numbers, positions_bohr):
-        s = pv.Sphere(radius=ELEMENT_RADII.get(int(z), 0.5), center=p, theta_resolution=16, phi_resolution=12)
-        s.point_data["rgb"] = np.tile(np.array(ELEMENT_COLOURS.get(int(z), (0.6, 0.2, 0.8))) * 255, (s.n_points, 1)).astype(np.uint8)
-        parts.append(s)
-    n = len(numbers)
-    for a in range(n):
-        for b in range(a + 1, n):
-            d = np.linalg.norm(positions_bohr[a] - positions_bohr[b])
-            if d < 3.6:  # bohr (about 1.9 Å)
-                c = pv.Cylinder(center=(positions_bohr[a] + positions_bohr[b]) / 2, direction=positions_bohr[b] - positions_bohr[a],
-                                radius=0.12, height=d, resolution=12)
-                c.point_data["rgb"] = np.full((c.n_points, 3), 170, np.uint8)
-                parts.append(c)
-    out = parts[0].merge(parts[1:]) if len(parts) > 1 else parts[0]
-    return out.triangulate()
+    numbers = np.asarray(numbers, int)
+    pos = np.asarray(positions_bohr, float).reshape(-1, 3)
+    sphere, cyl = _templates()
+    radii = np.array([ELEMENT_RADII.get(int(z), 0.5) for z in numbers])
+    p_s, t_s = _instances(sphere, radii[:, None, None] * np.eye(3), pos)
+    rgb_s = np.repeat(np.array([ELEMENT_COLOURS.get(int(z), (0.6, 0.2, 0.8)) for z in numbers]) * 255, len(sphere[0]), axis=0)
+    a, b = np.triu_indices(len(numbers), 1)
+    d = pos[b] - pos[a]
+    length = np.linalg.norm(d, axis=1)
+    keep = (length < BOND_MAX) & (length > 0)
+    a, b, d, length = a[keep], b[keep], d[keep], length[keep]
+    # an orthonormal frame per bond with the template's z axis along the bond
+    u = d / length[:, None]
+    helper = np.where(np.abs(u[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
+    v = np.cross(u, helper)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    w = np.cross(u, v)
+    frames = np.stack([v * BOND_RADIUS, w * BOND_RADIUS, u * length[:, None]], axis=2)  # columns: x, y, z images
+    p_c, t_c = _instances(cyl, frames, (pos[a] + pos[b]) / 2)
+    points = np.vstack([p_s, p_c])
+    tris = np.vstack([t_s, t_c + len(p_s)])
+    mesh = pv.PolyData(points, np.hstack([np.full((len(tris), 1), 3), tris]).ravel())
+    mesh.point_data["rgb"] = np.vstack([rgb_s, np.full((len(p_c), 3), 170.0)]).astype(np.uint8)
+    return mesh
 
 
 def camera_for(axes, normal, side, step, n_copies):

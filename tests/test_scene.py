@@ -1,0 +1,52 @@
+"""The 3D view's atom meshes against pyvista's own per-atom sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pv = pytest.importorskip("pyvista")
+
+
+def _malonaldehyde_like():
+    rng = np.random.default_rng(3)
+    numbers = np.array([8, 6, 6, 6, 8, 1, 1, 1, 1])
+    pos = rng.normal(scale=2.5, size=(len(numbers), 3))
+    pos[1] = pos[0] + [2.3, 0.1, 0.0]  # at least one bond in every direction class
+    pos[2] = pos[1] + [0.0, 0.0, 2.6]
+    pos[3] = pos[2] + [-1.5, 1.9, 0.4]
+    return numbers, pos
+
+
+def test_atom_spheres_equal_pyvista_spheres_and_bonds_join_bonded_atoms():
+    from mlhk_viz.app import scene
+
+    numbers, pos = _malonaldehyde_like()
+    mesh = scene._atoms_mesh(numbers, pos)
+    assert mesh.is_all_triangles
+    spheres = [pv.Sphere(radius=scene.ELEMENT_RADII[int(z)], center=p, theta_resolution=16, phi_resolution=12)
+               for z, p in zip(numbers, pos)]
+    n_s = spheres[0].n_points
+    got = np.asarray(mesh.points).reshape(-1, 3)
+    for k, s in enumerate(spheres):
+        np.testing.assert_allclose(got[k * n_s:(k + 1) * n_s], s.points, atol=1e-5)
+        np.testing.assert_array_equal(mesh.point_data["rgb"][k * n_s],
+                                      (np.array(scene.ELEMENT_COLOURS[int(numbers[k])]) * 255).astype(np.uint8))
+
+    # bonds: every pair closer than BOND_MAX, as a cylinder of BOND_RADIUS around the axis between the two centres
+    pairs = [(a, b) for a in range(len(numbers)) for b in range(a + 1, len(numbers))
+             if np.linalg.norm(pos[a] - pos[b]) < scene.BOND_MAX]
+    assert len(pairs) >= 3
+    cyl = got[len(numbers) * n_s:].reshape(len(pairs), -1, 3)
+    for (a, b), pts in zip(pairs, cyl):
+        axis = pos[b] - pos[a]
+        t = (pts - pos[a]) @ axis / (axis @ axis)
+        radial = np.linalg.norm(pts - pos[a] - t[:, None] * axis, axis=1)
+        assert t.min() == pytest.approx(0.0, abs=1e-6) and t.max() == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(radial[radial > 1e-9], scene.BOND_RADIUS, rtol=1e-6)
+
+    # total area: the spheres' plus pyvista's own cylinders' (a roll about the axis does not change it)
+    area = sum(s.area for s in spheres) + sum(
+        pv.Cylinder(center=(pos[a] + pos[b]) / 2, direction=pos[b] - pos[a], radius=scene.BOND_RADIUS,
+                    height=np.linalg.norm(pos[b] - pos[a]), resolution=12).triangulate().area for a, b in pairs)
+    assert mesh.area == pytest.approx(area, rel=1e-6)
