@@ -30,6 +30,22 @@ def doc_dispatch(doc):
     return dispatch
 
 
+def doc_later(doc):
+    """``later(fn, seconds)``: run ``fn`` on the session's document after ``seconds``, with Panel's curdoc set."""
+    from panel.io.state import set_curdoc
+
+    def later(fn, seconds):
+        def run():
+            with set_curdoc(doc):
+                fn()
+        try:
+            doc.add_timeout_callback(run, int(seconds * 1000))
+        except Exception:  # noqa: BLE001 - the session is gone
+            pass
+
+    return later
+
+
 def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=None, defer=True):
     """The whole app for one session (a Panel ``Row``); call ``.servable()`` on it.
 
@@ -55,6 +71,7 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=
     served = doc is not None and doc.session_context is not None
     dispatch = doc_dispatch(doc) if served else None
     state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve is True,
+                     later=doc_later(doc) if served else None,
                      **({"m": m} if m else {}))
     if served:
         pn.state.on_session_destroyed(lambda ctx: state.close())

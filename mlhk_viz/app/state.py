@@ -79,12 +79,18 @@ class AppState(param.Parameterized):
     saved_path = param.String(default="")
     loaded_path = param.String(default="")
 
-    def __init__(self, data_dir=None, model_dir=None, dispatch=None, dataset=None, curve=True, **params):
+    #: seconds the statistics (fit job) wait after a new picture in a served session: the browser
+    #: rebuilds the vtk.js scene in about this long with software WebGL, and the fit's CV on the
+    #: same cores slowed that picture by up to 0.6 s (docs/app.md, benchmark)
+    STATS_DELAY = 1.2
+
+    def __init__(self, data_dir=None, model_dir=None, dispatch=None, dataset=None, curve=True, later=None, **params):
         self.data_dir = Path(data_dir) if data_dir else compute.default_data_dir()
         self.model_dir = Path(model_dir) if model_dir else compute.default_model_dir()
         self.session = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()
         self._dispatch = dispatch or self._direct
+        self._later = later  # later(fn, seconds): run fn on the session's thread after a delay; None: now
         self._quiet = False
         self._busy_since = self._last_progress = 0.0
         self._m_step = 0  # +1 / -1: the way the M slider last moved (prefetch goes that way first)
@@ -336,17 +342,25 @@ class AppState(param.Parameterized):
                                         on_error=self._on_error("fit"), priority=10)
 
         self.jobs["fit"].cancel()
-        self.request_view(then=go)
+        self.request_view(then=go, then_after_picture=True)
 
-    def request_view(self, then=None) -> None:
+    def request_view(self, then=None, then_after_picture=False) -> None:
+        """Compute the 3D view's data in the background; ``then()`` once it is applied (after
+        :attr:`STATS_DELAY` if ``then_after_picture`` and the picture changed in a served session)."""
         self.jobs["prefetch"].cancel()
         src, vk = self.source(), self.view_knobs()
         self._start("view")
         t0 = time.perf_counter()
 
         def done(v):
+            old = self.view_data
             self._apply_view(src, vk, v, t0)
-            if then is not None:
+            if then is None:
+                return
+            new_picture = self.view_data is v and (old is None or old.key != v.key)
+            if then_after_picture and new_picture and self._later is not None:
+                self._later(then, self.STATS_DELAY)
+            else:
                 then()
 
         def failed(exc):
