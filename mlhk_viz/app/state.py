@@ -359,6 +359,7 @@ class AppState(param.Parameterized):
                 return
             new_picture = self.view_data is v and (old is None or old.key != v.key)
             if then_after_picture and new_picture and self._later is not None:
+                self.stage = "statistics: after the picture is drawn"
                 self._later(then, self.STATS_DELAY)
             else:
                 then()
