@@ -272,6 +272,36 @@ def test_statistics_wait_for_a_new_picture(app_modules, tmp_path):
         s.close()
 
 
+def test_prefetch_follows_the_last_m_step(st, app_modules):
+    """After an M step of -2 the next sizes warmed are M - 2, M - 4, then M - 1, M + 1, M + 2; and an M step
+    onto a prefetched size needs no new selection (the cache holds it)."""
+    cache = app_modules[0]
+    asked = []
+    job = st.jobs["prefetch"]
+    submit = job.submit
+
+    def spy(fn, dataset, ms, *a, **kw):
+        asked.append(ms)
+        return submit(fn, dataset, ms, *a, **kw)
+
+    job.submit = spy
+    m0 = st.m
+    st.m = m0 - 2
+    assert st.wait(300) and not st.error
+    t0 = time.perf_counter()
+    while not asked and time.perf_counter() - t0 < 30:
+        time.sleep(0.05)
+    lo, hi = st.param.m.bounds
+    want = [m for m in (m0 - 4, m0 - 6, m0 - 3, m0 - 1, m0) if lo <= m <= hi]
+    assert asked and list(asked[-1]) == want
+    # the first pass puts the selection for the first size asked into the shared cache
+    t0, found = time.perf_counter(), False
+    while not found and time.perf_counter() - t0 < 120:
+        found = any(k[1] == want[0] for k, _ in cache.SELECTIONS.items_like(()) if len(k) == 3)
+        time.sleep(0.1)
+    assert found
+
+
 def test_learning_curve_points(app_modules, tmp_path):
     _, compute, _, state, _ = app_modules
     s = state.AppState(dataset=H2, model_dir=tmp_path, curve=True)

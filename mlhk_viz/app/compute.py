@@ -539,13 +539,14 @@ def prefetch(dataset: str, ms, gamma: float, spacing: float, progress=null_progr
     for _ in range(PREFETCH_IDLE_STEPS):  # start only after a short pause without any request
         time.sleep(0.1)
         progress(0, len(ms), "prefetch")
+    # two passes: first what a picture needs (selection, distances) for every size, then the
+    # coefficient Grams (for CV and the statistics), the pass over all 125,000 coefficients
     for k, m in enumerate(ms):
-        progress(k, len(ms), "prefetch")  # stops here if a newer request replaced this one
-        train = selection(entry, int(m))
-        progress(k, len(ms), "prefetch")
-        distances(entry, train, gamma, spacing)
-        progress(k, len(ms), "prefetch")
-        grams(entry, train)
+        progress(k, 2 * len(ms), "prefetch")  # stops here if a newer request replaced this one
+        distances(entry, selection(entry, int(m)), gamma, spacing)
+    for k, m in enumerate(ms):
+        progress(len(ms) + k, 2 * len(ms), "prefetch")
+        grams(entry, selection(entry, int(m)))
 
 
 # ------------------------------------------------------------------------------ learning curve

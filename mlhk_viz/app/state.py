@@ -262,7 +262,7 @@ class AppState(param.Parameterized):
         self._shown = dict(sigma_auto=self.sigma_auto, log_sigma=self.log_sigma, lam_auto=self.lam_auto, log_lam=self.log_lam)
 
     def _m_moved(self, event):
-        self._m_step = int(np.sign(event.new - event.old)) or self._m_step
+        self._m_step = int(event.new - event.old) or self._m_step
 
     @param.depends(*FIT_KNOBS[1:], watch=True)
     def _fit_knobs_changed(self):
@@ -404,10 +404,14 @@ class AppState(param.Parameterized):
                                   priority=-10)
 
     def _prefetch(self, k) -> None:
-        """Warm the caches for M - 2 .. M + 2 in the background (an M step then skips K-means and the Gram pass)."""
+        """Warm the caches for the next likely sizes in the background (an M step then skips K-means and the
+        Gram pass): the last step again first (the slider tends to move on the same way by the same amount),
+        then the neighbours M ± 1 and the step back."""
         lo, hi = self.param.m.bounds
-        d = self._m_step or 1  # the way the slider last moved goes first: the next step is likely the same
-        ms = [m for m in (k.m + d, k.m + 2 * d, k.m - d, k.m - 2 * d) if lo <= m <= hi]
+        d = self._m_step or 1
+        u = int(np.sign(d))
+        cand = (k.m + d, k.m + 2 * d, k.m + u, k.m - u, k.m - d)
+        ms = [m for i, m in enumerate(cand) if lo <= m <= hi and m not in cand[:i]]
         self.jobs["prefetch"].submit(tasks.prefetch, k.dataset, tuple(ms), k.gamma, k.spacing,
                                      on_done=lambda _: None, priority=-20)
 
