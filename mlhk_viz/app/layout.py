@@ -14,16 +14,21 @@ CSS = """
 """
 
 
-def doc_dispatch(doc):
-    """Run ``fn`` on the session's Bokeh document (thread-safe), with Panel's curdoc set."""
+def _on_doc(doc, fn):
+    """``fn`` wrapped to run with Panel's curdoc set to the session's document."""
     from panel.io.state import set_curdoc
 
+    def run():
+        with set_curdoc(doc):
+            fn()
+    return run
+
+
+def doc_dispatch(doc):
+    """Run ``fn`` on the session's Bokeh document (thread-safe), with Panel's curdoc set."""
     def dispatch(fn):
-        def run():
-            with set_curdoc(doc):
-                fn()
         try:
-            doc.add_next_tick_callback(run)
+            doc.add_next_tick_callback(_on_doc(doc, fn))
         except Exception:  # noqa: BLE001 - the session is gone
             pass
 
@@ -32,14 +37,9 @@ def doc_dispatch(doc):
 
 def doc_later(doc):
     """``later(fn, seconds)``: run ``fn`` on the session's document after ``seconds``, with Panel's curdoc set."""
-    from panel.io.state import set_curdoc
-
     def later(fn, seconds):
-        def run():
-            with set_curdoc(doc):
-                fn()
         try:
-            doc.add_timeout_callback(run, int(seconds * 1000))
+            doc.add_timeout_callback(_on_doc(doc, fn), int(seconds * 1000))
         except Exception:  # noqa: BLE001 - the session is gone
             pass
 

@@ -14,6 +14,7 @@ import os
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
+import functools  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -65,22 +66,17 @@ BOND_MAX = 3.6  # bohr (about 1.9 Å): atoms closer than this are drawn bonded
 BOND_RADIUS = 0.12  # bohr
 
 
+@functools.lru_cache(maxsize=1)
 def _templates():
     """Unit sphere and unit cylinder (axis z, z in [-0.5, 0.5]) as (points, triangles), built once."""
-    global _TEMPLATES
-    if _TEMPLATES is None:
-        import pyvista as pv
+    import pyvista as pv
 
-        out = []
-        for m in (pv.Sphere(radius=1.0, center=(0, 0, 0), theta_resolution=16, phi_resolution=12),
-                  pv.Cylinder(center=(0, 0, 0), direction=(0, 0, 1), radius=1.0, height=1.0, resolution=12)):
-            t = m.triangulate()
-            out.append((np.asarray(t.points, float), t.faces.reshape(-1, 4)[:, 1:].copy()))
-        _TEMPLATES = tuple(out)
-    return _TEMPLATES
-
-
-_TEMPLATES = None
+    out = []
+    for m in (pv.Sphere(radius=1.0, center=(0, 0, 0), theta_resolution=16, phi_resolution=12),
+              pv.Cylinder(center=(0, 0, 0), direction=(0, 0, 1), radius=1.0, height=1.0, resolution=12)):
+        t = m.triangulate()
+        out.append((np.asarray(t.points, float), t.faces.reshape(-1, 4)[:, 1:].copy()))
+    return tuple(out)
 
 
 def _instances(template, transforms, offsets):

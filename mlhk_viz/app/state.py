@@ -93,7 +93,7 @@ class AppState(param.Parameterized):
         self._later = later  # later(fn, seconds): run fn on the session's thread after a delay; None: now
         self._quiet = False
         self._busy_since = self._last_progress = 0.0
-        self._m_step = 0  # +1 / -1: the way the M slider last moved (prefetch goes that way first)
+        self._m_step = 0  # the M slider's last step, signed (the prefetch repeats it first)
         self._pending: set = set()
         self._want_curve = curve
         self._hyper = {k: dict(sigma_auto=True, log_sigma=0.0, lam_auto=True, log_lam=-8.0) for k in (HK, KS)}
