@@ -342,11 +342,11 @@ class AppState(param.Parameterized):
                                         on_error=self._on_error("fit"), priority=10)
 
         self.jobs["fit"].cancel()
-        self.request_view(then=go, then_after_picture=True)
+        self.request_view(then=go)
 
-    def request_view(self, then=None, then_after_picture=False) -> None:
+    def request_view(self, then=None) -> None:
         """Compute the 3D view's data in the background; ``then()`` once it is applied (after
-        :attr:`STATS_DELAY` if ``then_after_picture`` and the picture changed in a served session)."""
+        :attr:`STATS_DELAY` if the picture changed in a served session)."""
         self.jobs["prefetch"].cancel()
         src, vk = self.source(), self.view_knobs()
         self._start("view")
@@ -358,7 +358,7 @@ class AppState(param.Parameterized):
             if then is None:
                 return
             new_picture = self.view_data is v and (old is None or old.key != v.key)
-            if then_after_picture and new_picture and self._later is not None:
+            if new_picture and self._later is not None:
                 self.stage = "statistics: after the picture is drawn"
                 self._later(then, self.STATS_DELAY)
             else:
