@@ -252,6 +252,12 @@ def test_app_in_browser(browser, server):
     page.locator(".mol-index", has_text=f"molecule {target}").wait_for(timeout=LONG)
     page.locator(".view3d").first.scroll_into_view_if_needed()
     wait_changed(page, before)
+    # the browser reported the scenes it drew (the server paces updates and starts the statistics on it)
+    drawn = page.locator(".scene-drawn input").first
+    t0 = time.time()
+    while int(drawn.input_value() or 0) < 2 and time.time() - t0 < 60:
+        time.sleep(0.2)
+    assert int(drawn.input_value()) >= 2
 
     # -- export the predicted density of that molecule as a cube file and read it back
     page.get_by_text("Export", exact=True).first.click()

@@ -240,34 +240,34 @@ def test_learning_curve_starts_on_demand(app_modules, tmp_path):
 
 
 def test_statistics_wait_for_a_new_picture(app_modules, tmp_path):
-    """In a served session the fit starts STATS_DELAY after a new picture; a view-only change starts no fit."""
+    """In a served session the fit starts once the new picture is drawn; a view-only change starts no fit."""
     _, _, _, state, _ = app_modules
-    delays = []
+    waited = []
+    DRAW = 0.8  # seconds the fake browser takes to draw
 
-    def later(fn, seconds):
-        delays.append(seconds)
-        threading.Timer(seconds, fn).start()
+    def after_picture(fn):
+        waited.append(time.perf_counter())
+        threading.Timer(DRAW, fn).start()
 
-    s = state.AppState(dataset=H2, model_dir=tmp_path, curve=False, later=later)
+    s = state.AppState(dataset=H2, model_dir=tmp_path, curve=False, after_picture=after_picture)
     try:
         assert s.wait(300) and not s.error
-        first = list(delays)
-        assert first in ([], [s.STATS_DELAY])  # [] when another test left this picture in the shared cache
+        assert len(waited) <= 1  # 0 when another test left this picture in the shared cache
         s.param.update(sigma_auto=False, lam_auto=False)
         assert s.wait(300) and not s.error
         seen = []
         s.param.watch(lambda e: seen.append(("view", time.perf_counter())), "view_data")
         s.param.watch(lambda e: seen.append(("result", time.perf_counter())), "result")
-        n = len(delays)
+        n = len(waited)
         s.log_sigma = s.log_sigma + 0.3
         assert s.wait(300) and not s.error
-        assert delays[n:] == [s.STATS_DELAY]
+        assert len(waited) == n + 1
         (kv, tv), (kr, tr) = seen[0], seen[-1]
-        assert (kv, kr) == ("view", "result") and tr - tv >= s.STATS_DELAY
-        n = len(delays)
+        assert (kv, kr) == ("view", "result") and tr - tv >= DRAW
+        n = len(waited)
         s.iso = s.iso * 1.3
         assert s.wait(300) and not s.error
-        assert delays[n:] == []
+        assert len(waited) == n
     finally:
         s.close()
 

@@ -50,3 +50,53 @@ def test_atom_spheres_equal_pyvista_spheres_and_bonds_join_bonded_atoms():
         pv.Cylinder(center=(pos[a] + pos[b]) / 2, direction=pos[b] - pos[a], radius=scene.BOND_RADIUS,
                     height=np.linalg.norm(pos[b] - pos[a]), resolution=12).triangulate().area for a, b in pairs)
     assert mesh.area == pytest.approx(area, rel=1e-6)
+
+
+class _FakeDoc:
+    """The parts of a Bokeh document the scene's pacing uses; timeouts run when the test says so."""
+
+    def __init__(self):
+        self.timeouts = []
+
+    def add_timeout_callback(self, fn, ms):
+        self.timeouts.append((fn, ms))
+
+
+def test_scene_sends_one_update_at_a_time_and_runs_follow_ups_after_the_browser_drew():
+    """One update in flight: the next goes out when the browser reports the last drawn (the latest
+    pending wins); follow-up work waits for the last picture; no report within GAP frees the pipe."""
+    from mlhk_viz.app import scene
+
+    sc = scene.Scene()
+    sent = []
+    sc._apply = lambda meshes, rng=None: (sent.append(meshes["k"]), setattr(sc, "updates", sc.updates + 1))
+    doc = _FakeDoc()
+    sc._doc, sc.pane._models = doc, {"root": None}  # as if shown in a session
+    sc._ready = True
+    ran = []
+
+    sc.update({"k": 1})
+    assert sent == [1] and sc._inflight
+    sc.update({"k": 2})
+    sc.update({"k": 3})  # coalesced with 2: only the latest goes out
+    sc.when_drawn(lambda: ran.append("stats"))
+    assert sent == [1] and ran == []
+    sc.drawn.value += 1  # the browser drew 1
+    assert sent == [1, 3] and ran == []  # the follow-up waits for 3, the picture it belongs to
+    sc.drawn.value += 1  # ... and 3
+    assert ran == ["stats"] and not sc._inflight
+    sc.when_drawn(lambda: ran.append("now"))  # nothing in flight: at once
+    assert ran == ["stats", "now"]
+
+    # a browser that never reports (a hidden tab): the fallback timeout of the last update frees the pipe
+    sc.update({"k": 4})
+    sc.update({"k": 5})
+    sc.when_drawn(lambda: ran.append("late"))
+    fallback = [fn for fn, ms in doc.timeouts if ms == int(sc.GAP * 1000)]
+    assert len(fallback) == 3 and sent == [1, 3, 4]
+    fallback[-2]()  # an earlier update's timeout: not the one in flight, no effect
+    assert sent == [1, 3, 4]
+    fallback[-1]()
+    assert sent == [1, 3, 4, 5] and ran == ["stats", "now"]
+    doc.timeouts[-1][0]()
+    assert ran == ["stats", "now", "late"] and not sc._inflight

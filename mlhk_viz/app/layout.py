@@ -35,17 +35,6 @@ def doc_dispatch(doc):
     return dispatch
 
 
-def doc_later(doc):
-    """``later(fn, seconds)``: run ``fn`` on the session's document after ``seconds``, with Panel's curdoc set."""
-    def later(fn, seconds):
-        try:
-            doc.add_timeout_callback(_on_doc(doc, fn), int(seconds * 1000))
-        except Exception:  # noqa: BLE001 - the session is gone
-            pass
-
-    return later
-
-
 def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=None, defer=True):
     """The whole app for one session (a Panel ``Row``); call ``.servable()`` on it.
 
@@ -71,11 +60,12 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=
     served = doc is not None and doc.session_context is not None
     dispatch = doc_dispatch(doc) if served else None
     state = AppState(data_dir=data_dir, model_dir=model_dir, dispatch=dispatch, dataset=dataset, curve=curve is True,
-                     later=doc_later(doc) if served else None,
                      **({"m": m} if m else {}))
     if served:
         pn.state.on_session_destroyed(lambda ctx: state.close())
     three, scene = views.view3d(state)
+    if served:
+        state.after_picture = scene.when_drawn
     # The 3D view goes out in the first document; the slice and the tabs (a second of HoloViews
     # plots to build on the server and to lay out in the browser) follow once the page has loaded,
     # so the density is on screen before the analyses. The placeholders keep the final geometry.

@@ -227,6 +227,25 @@ def mesh_pane_class():
 
 _MeshVTK = None
 
+#: Runs in the browser when a new scene reaches the VTK view: wait until vtk.js has replaced its
+#: render window and synchronised the scene, then for two animation frames (so it is on screen),
+#: then count it in ``drawn``.
+DRAWN_JS = """
+const view = Bokeh.index.find_one(source)
+if (view == null) { drawn.value = drawn.value + 1; return }
+const old = view._vtk_renwin
+const t0 = performance.now()
+const poll = () => {
+  const w = view._vtk_renwin
+  if (w != null && w !== old && view._renderable) {
+    requestAnimationFrame(() => requestAnimationFrame(() => { drawn.value = drawn.value + 1 }))
+  } else if (performance.now() - t0 < 30000) {
+    setTimeout(poll, 25)
+  }
+}
+setTimeout(poll, 25)
+"""
+
 
 class Scene:
     """A pyvista plotter (off screen, tiny server-side window) shown in a :class:`MeshVTK` pane.
@@ -245,10 +264,8 @@ class Scene:
         self._first = True
         self._camera = None
         self._pending = None
-        self._scheduled = False
         self._ready = False
         self._doc = None
-        self._last = 0.0
         self.updates = 0  # scene updates sent (for tests and the benchmark)
         # vtk.js cannot start from an empty scene (no renderer to attach the camera to): keep a
         # tiny transparent placeholder in it
@@ -258,11 +275,24 @@ class Scene:
         cls = mesh_pane_class()
         self.pane = cls(self.plotter.ren_win, height=height, width=width, orientation_widget=True,
                         css_classes=list(css_classes), enable_keybindings=False, **pane_kw)
+        # The browser counts the scenes it has drawn into this hidden widget (see DRAWN_JS); the
+        # server paces its updates and starts follow-up work on that count.
+        import panel as pn
 
-    #: seconds between two scene updates sent to one browser: vtk.js rebuilds its render window on
-    #: each update and an update that arrives during a rebuild leaves it blank, so updates are
-    #: coalesced (the latest wins) and the first waits until the browser has drawn the page
-    GAP = 1.2
+        self.drawn = pn.widgets.IntInput(value=0, visible=False, css_classes=["scene-drawn"])
+        self.pane.jscallback(args={"drawn": self.drawn}, scene=DRAWN_JS)
+        self._inflight = False
+        self._after: list = []
+        # watched from the start: the browser's first camera report may come before any update
+        self.pane.param.watch(self._on_camera, "camera")
+        self.drawn.param.watch(self._on_drawn, "value")
+
+    #: vtk.js rebuilds its render window on each update, and an update that arrives during a
+    #: rebuild leaves it blank. So one update is in flight at a time: the next goes out when the
+    #: browser reports the last one drawn, or after ``GAP`` seconds if no report comes (a browser
+    #: that throttles a hidden tab); updates made meanwhile are coalesced, the latest wins. The
+    #: first waits until the browser has drawn the page (its first camera report).
+    GAP = 6.0
     READY_TIMEOUT = 20.0
 
     def _session_doc(self):
@@ -281,8 +311,16 @@ class Scene:
         self._pending = (meshes, uncertainty_range)
         self._kick()
 
+    def when_drawn(self, fn) -> None:
+        """Run ``fn()`` on the session once the browser has drawn what was sent or is waiting to be
+        sent (at once if nothing is), so follow-up work does not compete with the drawing for the CPU."""
+        if self._doc is None or not (self._inflight or self._pending is not None):
+            fn()
+        else:
+            self._after.append(fn)
+
     def _kick(self):
-        doc = self._session_doc()
+        doc = self._session_doc() or self._doc
         if doc is None or not self.pane._models:  # not shown yet: goes out with the first page
             if self._pending is not None:
                 self._apply(*self._pending)
@@ -290,31 +328,41 @@ class Scene:
             return
         if self._doc is None:
             self._doc = doc
-            self.pane.param.watch(self._on_camera, "camera")
-            doc.add_timeout_callback(self._on_camera, int(self.READY_TIMEOUT * 1000))
-        if self._pending is None or self._scheduled or not self._ready:
-            return
-        wait = self._last + self.GAP - time.monotonic()
-        if wait <= 0:
+            if not self._ready:
+                doc.add_timeout_callback(self._on_camera, int(self.READY_TIMEOUT * 1000))
+        if self._pending is not None and self._ready and not self._inflight:
             self._flush()
-        else:
-            self._scheduled = True
-            doc.add_timeout_callback(self._timer, int(wait * 1000) + 1)
 
-    def _timer(self):
-        self._scheduled = False
-        self._flush()
+    def _on_drawn(self, *_):
+        self._inflight = False
+        self._next()
+
+    def _no_report(self, sent):
+        if self._inflight and sent == self.updates:  # no report for the last update: stop waiting for it
+            self._inflight = False
+            self._next()
+
+    def _next(self):
+        """The browser is free: send what is pending, or else run what waited for the picture."""
+        from panel.io.state import set_curdoc
+
+        self._kick()
+        if not self._inflight and self._pending is None and self._after:
+            fns, self._after = self._after, []
+            with set_curdoc(self._doc):
+                for fn in fns:
+                    fn()
 
     def _flush(self):
         from panel.io.state import set_curdoc
 
-        if self._pending is None:
-            return
         meshes, rng = self._pending
         self._pending = None
-        self._last = time.monotonic()
+        self._inflight = True
         with set_curdoc(self._doc):
             self._apply(meshes, rng)
+        sent = self.updates
+        self._doc.add_timeout_callback(lambda: self._no_report(sent), int(self.GAP * 1000))
 
     def _apply(self, meshes: dict, uncertainty_range=None) -> None:
         pl = self.plotter

@@ -79,18 +79,18 @@ class AppState(param.Parameterized):
     saved_path = param.String(default="")
     loaded_path = param.String(default="")
 
-    #: seconds the statistics (fit job) wait after a new picture in a served session: the browser
-    #: rebuilds the vtk.js scene in about this long with software WebGL, and the fit's CV on the
-    #: same cores slowed that picture by up to 0.6 s (docs/app.md, benchmark)
-    STATS_DELAY = 1.2
-
-    def __init__(self, data_dir=None, model_dir=None, dispatch=None, dataset=None, curve=True, later=None, **params):
+    def __init__(self, data_dir=None, model_dir=None, dispatch=None, dataset=None, curve=True, after_picture=None,
+                 **params):
         self.data_dir = Path(data_dir) if data_dir else compute.default_data_dir()
         self.model_dir = Path(model_dir) if model_dir else compute.default_model_dir()
         self.session = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()
         self._dispatch = dispatch or self._direct
-        self._later = later  # later(fn, seconds): run fn on the session's thread after a delay; None: now
+        #: ``after_picture(fn)``: run ``fn`` once the browser has drawn the new picture (the page sets
+        #: the 3D scene's ``when_drawn``); None: at once. The statistics wait for it: with software
+        #: WebGL the browser needs 1-2 s of CPU for a new vtk.js scene, and the fit's CV on the same
+        #: two cores slowed that picture by up to 0.6 s (docs/app.md, benchmark).
+        self.after_picture = after_picture
         self._quiet = False
         self._busy_since = self._last_progress = 0.0
         self._m_step = 0  # the M slider's last step, signed (the prefetch repeats it first)
@@ -345,8 +345,8 @@ class AppState(param.Parameterized):
         self.request_view(then=go)
 
     def request_view(self, then=None) -> None:
-        """Compute the 3D view's data in the background; ``then()`` once it is applied (after
-        :attr:`STATS_DELAY` if the picture changed in a served session)."""
+        """Compute the 3D view's data in the background; ``then()`` once it is applied (and, if the
+        picture changed, drawn: :attr:`after_picture`)."""
         self.jobs["prefetch"].cancel()
         src, vk = self.source(), self.view_knobs()
         self._start("view")
@@ -358,9 +358,9 @@ class AppState(param.Parameterized):
             if then is None:
                 return
             new_picture = self.view_data is v and (old is None or old.key != v.key)
-            if new_picture and self._later is not None:
+            if new_picture and self.after_picture is not None:
                 self.stage = "statistics: after the picture is drawn"
-                self._later(then, self.STATS_DELAY)
+                self.after_picture(then)
             else:
                 then()
 
