@@ -251,7 +251,8 @@ class Scene:
     """A pyvista plotter (off screen, tiny server-side window) shown in a :class:`MeshVTK` pane.
 
     ``update(meshes)`` replaces actors by name in place and synchronises once; the browser keeps
-    its camera.
+    its camera. Put :attr:`view` on the page (the pane with the counter the browser reports drawn
+    scenes to; without it every update after the first waits ``GAP`` seconds).
     """
 
     def __init__(self, height=460, width=640, css_classes=("view3d",), **pane_kw):
@@ -281,6 +282,8 @@ class Scene:
 
         self.drawn = pn.widgets.IntInput(value=0, visible=False, css_classes=["scene-drawn"])
         self.pane.jscallback(args={"drawn": self.drawn}, scene=DRAWN_JS)
+        #: what to put on the page: the pane and the (hidden) counter it reports to
+        self.view = pn.Column(self.pane, self.drawn, margin=0)
         self._inflight = False
         self._after: list = []
         # watched from the start: the browser's first camera report may come before any update

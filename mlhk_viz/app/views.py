@@ -178,7 +178,7 @@ def view3d(state, height=460, width=640):
     upd()
     cap = pn.pane.HTML(pn.bind(_mol_caption, state.param.view_data, state.param.result), css_classes=["mol-caption"],
                        sizing_mode="stretch_width", height=60)
-    return pn.Column(sc.pane, sc.drawn, cap, width=width), sc
+    return pn.Column(sc.view, cap, width=width), sc
 
 
 def _mol_caption(vd, result):
