@@ -73,7 +73,7 @@ FLOOR = '''
 """Floor: the same pane kind (MeshVTK via Scene) swapping precomputed meshes of the app's size."""
 import panel as pn
 from mlhk_viz.app import compute as C, scene as S
-pn.extension("vtk")
+pn.extension("vtk", "vtk")  # as the app: skips Panel's slow caller inspection (mlhk_viz/app/layout.py)
 k = C.FitKnobs({dataset!r}, m={m}, hk_sigma={factor!r}, hk_lam={lam!r})
 mol = C.molecule(k, {molecule})
 dl = 0.3 * float(abs(mol.diff).max())

@@ -46,7 +46,10 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=
     """
     import os
 
-    pn.extension("vtk", raw_css=[CSS], notifications=False)
+    # "vtk" twice on purpose: a call whose only argument is "vtk" takes Panel's pyvista short-cut,
+    # which reads the source of every caller frame (inspect.getouterframes with context): 0.3-0.9 s of
+    # every session's page load. Twice is the same registration without that.
+    pn.extension("vtk", "vtk", raw_css=[CSS], notifications=False)
     if dataset is None and os.environ.get("MLHK_VIZ_DATASET"):
         from pathlib import Path
 
