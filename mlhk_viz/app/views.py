@@ -70,9 +70,10 @@ def controls(state) -> pn.Column:
     lam = pn.widgets.EditableFloatSlider.from_param(p.log_lam, name="log₁₀ λ", format="0.00",
                                                     css_classes=["w-lam"])
     m = pn.widgets.EditableIntSlider.from_param(p.m, name="Training size M", css_classes=["w-m"])
-    # fixed heights on the texts that change per update, so that nothing below them jumps
+    # fixed heights on the texts that change per update, so that nothing below them jumps (tall enough
+    # for the table's wrapped rows: at 92 px the Save button covered its last row)
     chosen = pn.pane.HTML(pn.bind(_chosen_html, state.param.result, state.param.kind), css_classes=["hyper"],
-                          sizing_mode="stretch_width", height=92)
+                          sizing_mode="stretch_width", height=124)
 
     def disable(*_):
         sig.disabled = state.sigma_auto or bool(state.loaded_path)
