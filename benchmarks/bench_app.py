@@ -224,16 +224,29 @@ def settle(pids_of, quiet=0.15, window=0.4, timeout=20.0):
     return False
 
 
-def update_times(page, action, pids_of, reps=5):
-    """Seconds from ``action(r)`` to a new picture, for ``reps`` updates each started from a settled page."""
-    times = []
+def update_times(page, action, pids_of, reps=5, name=""):
+    """Seconds from ``action(r)`` to a new picture, for ``reps`` updates each started from a settled page.
+
+    An update that shows no new picture within 60 s is reported (with the page's count of drawn scenes)
+    and left out, and the next step is taken; more than 3 such misses end the benchmark.
+    """
+    times, misses, r = [], 0, 0
     until_drawn(page)
-    for r in range(reps):
+    while len(times) < reps:
         settle(pids_of)
         before = shot(page)
         t0 = time.perf_counter()
         action(r)
-        until_changed(page, before)
+        r += 1
+        try:
+            until_changed(page, before, timeout=60)
+        except RuntimeError:
+            misses += 1
+            drawn = page.locator(".scene-drawn input").first.input_value()
+            print(f"  {name} step {r}: no new picture within 60 s (scenes drawn: {drawn})", flush=True)
+            if misses > 3:
+                raise
+            continue
         times.append(time.perf_counter() - t0)
     return times
 
@@ -306,9 +319,9 @@ def browser_side(dataset: Path, m: int, reps: int = 5) -> dict:
             }
             for name, action in updates.items():
                 page.bring_to_front()
-                ts = update_times(page, action, pids, reps)
+                ts = update_times(page, action, pids, reps, name)
                 fpage.bring_to_front()
-                fs = update_times(fpage, lambda r: press_iso(fpage), pids, reps)
+                fs = update_times(fpage, lambda r: press_iso(fpage), pids, reps, f"floor after {name}")
                 out["raw"][name], out["raw"][f"floor after {name}"] = ts, fs
                 out[name], out[f"floor after {name}"] = statistics.median(ts), statistics.median(fs)
                 print(f"{name}: app {[round(t, 2) for t in ts]}, floor {[round(t, 2) for t in fs]}", flush=True)
