@@ -15,7 +15,6 @@ import os
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 import functools  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
