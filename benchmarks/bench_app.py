@@ -252,8 +252,8 @@ def update_times(page, action, pids_of, reps=5, name=""):
 
 
 def browser_side(dataset: Path, m: int, reps: int = 5) -> dict:
-    """Times in the browser. The floor page is open beside the app's, and each kind of update is
-    followed by as many floor swaps, so every ratio is of two medians measured minutes apart at most."""
+    """Times in the browser. The floor page is open beside the app's, and app updates alternate with
+    floor swaps one by one, so each ratio is of two medians measured at the same moments."""
     from playwright.sync_api import sync_playwright
 
     from mlhk_viz.app import compute
