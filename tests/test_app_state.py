@@ -390,3 +390,32 @@ def test_assembled_md_set_uses_its_own_test_frames_and_trace(app_modules):
         np.testing.assert_allclose(r.E_hk_at_dft_traj, model.energy_of(ds.coefficients()[r.traj]), atol=1e-7)
     finally:
         s.close()
+
+
+def test_typed_values_beyond_the_bounds_are_clamped_and_told(st, app_modules):
+    """Typing past a slider's end sets the nearest bound and says so (Panel alone would raise and ignore it)."""
+    _, _, _, _, views = app_modules
+    panel_ = views.controls(st)
+    boxes = {w.css_classes[0]: w for w in panel_.select(views._ClampTyped)}
+    assert set(boxes) == {"w-sigma", "w-lam", "w-m", "w-molecule"}
+
+    st.sigma_auto = False
+    assert st.wait(300)
+    boxes["w-sigma"]._value_edit.value = 1.6
+    assert st.log_sigma == st.param.log_sigma.bounds[1] == 1.5
+    assert boxes["w-sigma"]._value_edit.value == 1.5
+    assert "1.6 is outside -1.5 … 1.5; using 1.5" in st.status
+
+    # M's upper bound follows the data set (the parameter's bounds, not the widget's first ones)
+    lo, hi = st.param.m.bounds
+    boxes["w-m"]._value_edit.value = hi + 7
+    assert st.m == hi and f"{hi + 7} is outside {lo} … {hi}; using {hi}" in st.status
+
+    n = st.param.molecule.bounds[1]
+    boxes["w-molecule"]._value_edit.value = -4
+    assert st.molecule == 0 and "using 0" in st.status
+    boxes["w-molecule"]._value_edit.value = n + 100
+    assert st.molecule == n
+    # a value inside the bounds passes unchanged
+    boxes["w-molecule"]._value_edit.value = 1
+    assert st.molecule == 1

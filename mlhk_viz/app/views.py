@@ -30,6 +30,50 @@ AX = "xyz"
 
 
 # ------------------------------------------------------------------------------ controls
+class _ClampTyped:
+    """An editable slider that clamps a typed value to its parameter's current bounds and says so.
+
+    Panel's editable sliders raise inside a watcher on a typed value beyond the bounds (their own fixed
+    ones, or the linked parameter's when those changed later, e.g. M with the data set): the box keeps
+    showing it while nothing changes and the user is not told. ``on_clamp(typed, used, lo, hi)`` is called
+    instead, after the box and the value have been set to the nearest bound. ``limits()`` gives the bounds.
+    """
+
+    on_clamp = None
+    limits = None
+
+    def _sync_value(self, event):
+        v = event.new
+        if event.name in ("value", "value_throttled") and v is not None:
+            lo, hi = self.limits() if self.limits is not None else (self.fixed_start, self.fixed_end)
+            used = v if lo is None else max(lo, v)
+            used = used if hi is None else min(hi, used)
+            if used != v:
+                self._value_edit.value = used  # re-enters here with a value in bounds
+                if self.on_clamp is not None:
+                    self.on_clamp(v, used, lo, hi)
+                return
+        super()._sync_value(event)
+
+
+class ClampedFloatSlider(_ClampTyped, pn.widgets.EditableFloatSlider):
+    pass
+
+
+class ClampedIntSlider(_ClampTyped, pn.widgets.EditableIntSlider):
+    pass
+
+
+def _clamped(cls, parameter, state, **kw):
+    """``cls.from_param(parameter)`` clamping typed values to the parameter's bounds, told in ``state.status``."""
+    w = cls.from_param(parameter, **kw)
+    w.limits = lambda: parameter.owner.param[parameter.name].bounds
+    b = lambda x: "∞" if x is None else f"{x:g}"  # noqa: E731
+    w.on_clamp = lambda typed, used, lo, hi: setattr(
+        state, "status", f"{kw['name']}: {typed:g} is outside {b(lo)} … {b(hi)}; using {used:g}")
+    return w
+
+
 def _log_format():
     from bokeh.models import CustomJSTickFormatter
 
@@ -65,11 +109,11 @@ def controls(state) -> pn.Column:
                                                 css_classes=["w-spacing"])
     sig_auto = pn.widgets.Checkbox.from_param(p.sigma_auto, name="σ: auto by CV on the training set",
                                               css_classes=["w-sigma-auto"])
-    sig = pn.widgets.EditableFloatSlider.from_param(p.log_sigma, name="log₁₀ σ / median distance", format="0.00", css_classes=["w-sigma"])
+    sig = _clamped(ClampedFloatSlider, p.log_sigma, state, name="log₁₀ σ / median distance", format="0.00", css_classes=["w-sigma"])
     lam_auto = pn.widgets.Checkbox.from_param(p.lam_auto, name="λ: auto by CV on the training set", css_classes=["w-lam-auto"])
-    lam = pn.widgets.EditableFloatSlider.from_param(p.log_lam, name="log₁₀ λ", format="0.00",
+    lam = _clamped(ClampedFloatSlider, p.log_lam, state, name="log₁₀ λ", format="0.00",
                                                     css_classes=["w-lam"])
-    m = pn.widgets.EditableIntSlider.from_param(p.m, name="Training size M", css_classes=["w-m"])
+    m = _clamped(ClampedIntSlider, p.m, state, name="Training size M", css_classes=["w-m"])
     # fixed heights on the texts that change per update, so that nothing below them jumps (tall enough
     # for the table's wrapped rows: at 92 px the Save button covered its last row)
     chosen = pn.pane.HTML(pn.bind(_chosen_html, state.param.result, state.param.kind), css_classes=["hyper"],
@@ -81,7 +125,7 @@ def controls(state) -> pn.Column:
 
     state.param.watch(disable, ["sigma_auto", "lam_auto", "loaded_path"])
     disable()
-    mol = pn.widgets.EditableIntSlider.from_param(p.molecule, name="Molecule (index in the set)", css_classes=["w-molecule"])
+    mol = _clamped(ClampedIntSlider, p.molecule, state, name="Molecule (index in the set)", css_classes=["w-molecule"])
     iso = pn.widgets.FloatSlider.from_param(p.iso, name="Iso level (e/bohr³)",
                                             format="0.000", css_classes=["w-iso"])
     dfrac = pn.widgets.FloatSlider.from_param(p.diff_frac, name="Difference lobes (fraction of max |Δn|)", css_classes=["w-diff"])
