@@ -123,7 +123,12 @@ class Dataset:
     mo_occ: np.ndarray | None = None
     stored_coefficients: np.ndarray | None = None
     path: Path | None = None
+    #: row starts of independently cached blocks (in memory only; None: one block). A set assembled
+    #: from generation chunks sets them at the chunk boundaries, so a grown set expands only its new
+    #: chunks and a prefix of it only the chunks it touches.
+    blocks: np.ndarray | None = field(default=None, repr=False)
     _coefficients: np.ndarray | None = field(default=None, repr=False)
+    _block_arrays: dict = field(default_factory=dict, repr=False)
 
     # -- basic facts --------------------------------------------------------------
     def __len__(self) -> int:
@@ -172,22 +177,44 @@ class Dataset:
         )
 
     # -- densities ----------------------------------------------------------------
-    def coefficients(self, progress: Progress = null_progress) -> np.ndarray:
-        """The Fourier coefficients of every density: ``(n, 125000)`` float64.
+    def coefficients(self, progress: Progress = null_progress, rows=None) -> np.ndarray:
+        """The Fourier coefficients of the densities: ``(n, 125000)`` float64, or ``(len(rows), 125000)``.
 
         Stored coefficients are returned as they are; orbital stores are expanded once into a
-        cache (see :func:`cache_dir`) keyed by the source file's SHA-256 and checked on reading,
-        so a stale or corrupt cache is rebuilt, never used.
+        cache (see :func:`cache_dir`) keyed by the source file's SHA-256 (in-memory sets: by the
+        content of each of their :attr:`blocks`) and checked on reading, so a stale or corrupt cache
+        is rebuilt, never used. With ``rows``, only the blocks holding those rows are read or expanded.
         """
         if self._coefficients is not None:
-            return self._coefficients
+            return self._coefficients if rows is None else self._coefficients[np.asarray(rows)]
         if self.density_store == "none":
             raise DatasetError(f"data set {self.name!r} holds no densities (energy-only)")
         if self.density_store == "coefficients":
             self._coefficients = np.asarray(self.stored_coefficients, dtype=float)
-        else:
-            self._coefficients = self._cached_coefficients(progress)
-        return self._coefficients
+            return self.coefficients(progress, rows)
+        starts = self._block_starts()
+        if rows is None or len(starts) == 1:
+            self._coefficients = np.concatenate(self._cached_blocks(range(len(starts)), starts, progress))
+            return self.coefficients(progress, rows)
+        r = np.asarray(rows, dtype=int).reshape(-1)
+        if len(r) and (r.min() < 0 or r.max() >= len(self)):
+            raise IndexError(f"data set {self.name!r}: rows must be in 0 … {len(self) - 1}")
+        which = np.searchsorted(starts, r, side="right") - 1
+        need = np.unique(which)
+        got = dict(zip(need.tolist(), self._cached_blocks(need, starts, progress)))
+        out = np.empty((len(r), self.basis.size))
+        for b in need:  # one copy per block, not per row
+            sel = which == b
+            out[sel] = got[b][r[sel] - starts[b]]
+        return out
+
+    def _block_starts(self) -> np.ndarray:
+        if self.blocks is None or self.path is not None:
+            return np.array([0])
+        b = np.unique(np.concatenate([[0], np.asarray(self.blocks, int)]))
+        if b[-1] >= len(self) or b[0] != 0:
+            raise ValueError(f"data set {self.name!r}: blocks must start at 0 and lie inside the {len(self)} rows")
+        return b
 
     def compute_coefficients(self, index=None, progress: Progress = null_progress) -> np.ndarray:
         """Coefficients computed afresh from the stored orbitals: ``(len(index), 125000)``."""
@@ -203,37 +230,62 @@ class Dataset:
             progress(k + 1, len(idx), "densities")
         return out
 
-    def _content_sha256(self) -> str:
+    def _content_sha256(self, index=slice(None)) -> str:
         h = hashlib.sha256()
-        for a in (self.numbers.astype(np.int64), self.positions.astype(float), self.mo_coeff.astype(np.float32),
-                  self.mo_occ.astype(np.float32)):
+        for a in (self.numbers.astype(np.int64), self.positions[index].astype(float),
+                  self.mo_coeff[index].astype(np.float32), self.mo_occ[index].astype(np.float32)):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(json.dumps(self.meta.get("method", {}), sort_keys=True).encode())
         return h.hexdigest()
 
-    def _cached_coefficients(self, progress: Progress) -> np.ndarray:
-        # a file is keyed by its bytes; an in-memory set (a partial MD set) by its content
-        src = file_sha256(self.path) if self.path is not None else self._content_sha256()
-        stem = cache_dir() / f"{self.name}-{src[:16]}-v{CACHE_VERSION}"
+    def _cached_blocks(self, which, starts, progress: Progress) -> list[np.ndarray]:
+        """Coefficients of the blocks ``which`` (rows ``starts[b]`` up to the next start), cached per block."""
+        ends = np.append(starts[1:], len(self))
+        todo = [(b, slice(int(starts[b]), int(ends[b]))) for b in which]
+        total, done, out = sum(s.stop - s.start for _, s in todo), 0, []
+        for b, rows in todo:
+            # a file (always one block) is keyed by its bytes; an in-memory set by the content of the block
+            arr = self._block_arrays.get((rows.start, rows.stop))
+            if arr is None:
+                src = file_sha256(self.path) if self.path is not None else self._content_sha256(rows)
+                arr = self._read_cache(src, rows.stop - rows.start)
+            if arr is None:
+                sub = lambda d, t, s, o=done: progress(o + d, total, s)  # noqa: E731
+                arr = self._write_cache(src, self.compute_coefficients(np.arange(rows.start, rows.stop), sub))
+            if self.path is None and len(starts) > 1:
+                self._block_arrays[(rows.start, rows.stop)] = arr  # a learning curve asks again for each M
+            out.append(arr)
+            done += rows.stop - rows.start
+            progress(done, total, "densities")
+        return out
+
+    def _cache_stem(self, src: str) -> Path:
+        return cache_dir() / f"{self.name}-{src[:16]}-v{CACHE_VERSION}"
+
+    def _read_cache(self, src: str, n: int) -> np.ndarray | None:
+        stem = self._cache_stem(src)
         npy, side = stem.with_suffix(".npy"), stem.with_suffix(".json")
-        if npy.is_file() and side.is_file():
-            try:
-                info = json.loads(side.read_text())
-                ok = (
-                    info.get("source_sha256") == src
-                    and info.get("cache_version") == CACHE_VERSION
-                    and info.get("array_sha256") == file_sha256(npy)
-                )
-                if ok:
-                    arr = np.load(npy, allow_pickle=False)
-                    if arr.shape == (len(self), self.basis.size) and np.all(np.isfinite(arr)):
-                        return arr.astype(float)
-            except (OSError, ValueError, json.JSONDecodeError):
-                pass  # unreadable cache: rebuild below
-        coeffs = self.compute_coefficients(progress=progress)
+        if not (npy.is_file() and side.is_file()):
+            return None
+        try:
+            info = json.loads(side.read_text())
+            ok = (info.get("source_sha256") == src and info.get("cache_version") == CACHE_VERSION
+                  and info.get("array_sha256") == file_sha256(npy))
+            if ok:
+                arr = np.load(npy, allow_pickle=False)
+                if arr.shape == (n, self.basis.size) and np.all(np.isfinite(arr)):
+                    return arr.astype(float)
+        except (OSError, ValueError, json.JSONDecodeError):
+            pass  # unreadable cache: rebuilt by the caller
+        return None
+
+    def _write_cache(self, src: str, coeffs: np.ndarray) -> np.ndarray:
+        stem = self._cache_stem(src)
+        npy, side = stem.with_suffix(".npy"), stem.with_suffix(".json")
         _atomic_write(npy, lambda tmp: np.save(open(tmp, "wb"), coeffs.astype(np.float32)))
-        info = {"source": str(self.path) if self.path else f"in memory: {self.name}", "source_sha256": src, "cache_version": CACHE_VERSION,
-                "array_sha256": file_sha256(npy), "shape": list(coeffs.shape), "dtype": "float32"}
+        info = {"source": str(self.path) if self.path else f"in memory: {self.name}", "source_sha256": src,
+                "cache_version": CACHE_VERSION, "array_sha256": file_sha256(npy), "shape": list(coeffs.shape),
+                "dtype": "float32"}
         _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
         # what later sessions read back is the float32 copy: return exactly that
         return coeffs.astype(np.float32).astype(float)

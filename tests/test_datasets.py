@@ -52,6 +52,43 @@ def test_stale_or_corrupt_cache_is_rebuilt(tmp_path, small, monkeypatch):
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
 
 
+def _in_memory(h2, rows, blocks=None):
+    """Rows of the shipped H2 set as an in-memory orbital store (like a partial MD set), nothing cached."""
+    r = np.asarray(rows)
+    return Dataset(name="h2-part", numbers=h2.numbers, positions=h2.positions[r], energies=h2.energies[r],
+                   converged=h2.converged[r], truncation_error=h2.truncation_error[r], meta=dict(h2.meta),
+                   mo_coeff=h2.mo_coeff[r], mo_occ=h2.mo_occ[r], blocks=blocks)
+
+
+def test_block_cache_expands_only_new_blocks_and_requested_rows(tmp_path, h2, monkeypatch):
+    """A set that grows by chunks re-expands only its new chunk; ``rows`` touches only the blocks it needs."""
+    monkeypatch.setenv("MLHK_VIZ_CACHE", str(tmp_path / "cache"))
+    reference = h2.compute_coefficients(np.arange(12))
+
+    def counted(ds):
+        done = []
+        orig = ds.compute_coefficients
+        monkeypatch.setattr(ds, "compute_coefficients", lambda idx, *a, **k: done.extend(np.asarray(idx).tolist())
+                            or orig(idx, *a, **k))
+        return done
+
+    small = _in_memory(h2, np.arange(8), blocks=[4])
+    done = counted(small)
+    np.testing.assert_allclose(small.coefficients(rows=[1, 2]), reference[[1, 2]], atol=1e-6 * np.abs(reference).max())
+    assert done == [0, 1, 2, 3], "only the first block is expanded for rows in it"
+    np.testing.assert_allclose(small.coefficients(rows=[6, 0]), reference[[6, 0]], atol=1e-6 * np.abs(reference).max())
+    assert done == [0, 1, 2, 3, 4, 5, 6, 7]
+
+    grown = _in_memory(h2, np.arange(12), blocks=[4, 8])  # the same chunks plus a new one, a new object
+    done = counted(grown)
+    full = grown.coefficients()
+    assert done == [8, 9, 10, 11], "the chunks cached before are read back, not expanded again"
+    np.testing.assert_allclose(full, reference, atol=1e-6 * np.abs(reference).max())
+    assert full.shape == (12, h2.basis.size)
+    with pytest.raises(IndexError, match="rows must be in 0"):
+        _in_memory(h2, np.arange(8), blocks=[4]).coefficients(rows=[8])
+
+
 def test_native_round_trip(tmp_path, small):
     path = small.save(tmp_path / "a.npz")
     back = Dataset.load(path)
@@ -139,3 +176,32 @@ def test_failed_save_keeps_the_old_file(tmp_path, small):
         broken.save(path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".keep.npz.*"))
+
+
+def test_partial_md_set_is_cached_per_chunk(tmp_path, monkeypatch):
+    """``load_partial`` puts a block boundary at each finished chunk, also across a gap between chunks."""
+    import shutil
+
+    from mlhk_viz.reference.md_sets import load_partial
+
+    (parts,) = (dsm.Path(__file__).resolve().parent.parent / "data").glob("ethane-trace.npz.parts-*")
+    chunks = sorted(parts.glob("chunk-*.npz"))
+    if len(chunks) < 4:
+        pytest.fail(f"{parts}: the committed ethane trace chunks are missing")
+    mine = tmp_path / "data" / parts.name
+    mine.mkdir(parents=True)
+    for c in (chunks[0], chunks[3]):  # rows of chunk 0, then chunk 3: frames 1-2 chunks apart
+        shutil.copy(c, mine / c.name)
+    md = dsm.Path(__file__).resolve().parent.parent / "data" / "md"
+    ds = load_partial("ethane", "trace", tmp_path / "data", md)
+    size = len(ds) // 2
+    assert len(ds) == 2 * size and ds.blocks.tolist() == [size]
+    assert ds.meta["frames"] == list(range(size)) + list(range(3 * size, 4 * size))
+    monkeypatch.setenv("MLHK_VIZ_CACHE", str(tmp_path / "cache"))
+    done = []
+    orig = ds.compute_coefficients
+    monkeypatch.setattr(ds, "compute_coefficients", lambda idx, *a, **k: done.extend(np.asarray(idx).tolist())
+                        or orig(idx, *a, **k))
+    u = ds.coefficients(rows=[size + 1])
+    assert done == list(range(size, 2 * size))
+    np.testing.assert_allclose(ds.basis.electron_count(u), 14.0, rtol=1e-3)  # ethane: 2 x 4 + 6 x 1 valence

@@ -68,10 +68,10 @@ def test_reproduce_table2_on_a_small_subset_end_to_end(tmp_path, capsys):
     # code path from the error decomposition the table uses) gives the same errors
     tr = trains["300"]
     idx = np.flatnonzero(tr.converged)[:12]
-    U = tr.coefficients()
-    cv = MLHK().fit(tr.positions[idx], tr.energies[idx], U[idx], numbers=tr.numbers)
+    U = tr.coefficients(rows=idx)
+    cv = MLHK().fit(tr.positions[idx], tr.energies[idx], U, numbers=tr.numbers)
     fixed = MLHK(sigma=cv.density_hyper_.sigma, lam=cv.density_hyper_.lam, energy_sigma=cv.energy_hyper_.sigma,
-                 energy_lam=cv.energy_hyper_.lam).fit(tr.positions[idx], tr.energies[idx], U[idx], numbers=tr.numbers)
+                 energy_lam=cv.energy_hyper_.lam).fit(tr.positions[idx], tr.energies[idx], U, numbers=tr.numbers)
     te = np.flatnonzero(test.converged)
     err = np.abs(fixed.predict(test.positions[te]) - test.energies[te]) * KCAL_PER_HARTREE
     assert r["mae"] == pytest.approx(err.mean(), rel=1e-6) and r["max"] == pytest.approx(err.max(), rel=1e-6)
@@ -79,12 +79,12 @@ def test_reproduce_table2_on_a_small_subset_end_to_end(tmp_path, capsys):
     dens = json.loads((tmp_path / "density_error.json").read_text())[0]
     ax = np.linspace(-10.0, 10.0, 81)[:-1] + 0.125
     pred = fixed.basis.evaluate(fixed.predict_coefficients(test.positions[te[:3]]), ax, ax, ax)
-    dft = fixed.basis.evaluate(test.coefficients()[te[:3]], ax, ax, ax)
+    dft = fixed.basis.evaluate(test.coefficients(rows=te[:3]), ax, ax, ax)
     l1 = np.abs(pred - dft).sum(axis=(1, 2, 3)) / np.abs(dft).sum(axis=(1, 2, 3))
     curve = json.loads((tmp_path / "table2_curve.json").read_text())[0]
     assert [p["M"] for p in curve["points"]] == [10, 12]
     assert 0 < dens["density_l1_mean"] < 0.2 and dens["truncation_error_mean"] > 0
-    np.testing.assert_allclose(l1, density_l1(fixed, test.positions[te[:3]], test.coefficients()[te[:3]]), rtol=0.05)
+    np.testing.assert_allclose(l1, density_l1(fixed, test.positions[te[:3]], test.coefficients(rows=te[:3])), rtol=0.05)
     md = (tmp_path / "table2.md").read_text()
     assert "| ethane | 300 K | 12 |" in md and "GPWNO 3.67" in md and "(0.2)" in md
 
@@ -153,7 +153,7 @@ def test_fig3a_end_to_end_equals_an_explicit_refit(tmp_path):
     label, train, idx = figures.training_set("malonaldehyde", data, root / "data" / "md", 12)
     assert (label, len(idx)) == ("300+350", 12)
     ref = load_trajectory(root / "data" / "md" / "malonaldehyde-test-300K.npz")["reference"]
-    hk = MLHK(reference=ref).fit(train.positions[idx], train.energies[idx], train.coefficients()[idx],
+    hk = MLHK(reference=ref).fit(train.positions[idx], train.energies[idx], train.coefficients(rows=idx),
                                  numbers=train.numbers)
     err = np.abs(hk.predict(aimd.positions) - aimd.energies) * KCAL_PER_HARTREE
     assert info["stats"]["mlhk"]["mae"] == pytest.approx(err.mean(), rel=1e-9)

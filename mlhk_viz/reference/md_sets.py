@@ -121,10 +121,13 @@ def load_partial(molecule: str, which: str, data_dir, md_dir, method: dict = DEF
             "description": f"{molecule} {which}: {len(idx)} of {len(pos)} frames (partial)",
             "method": dict(method, pyscf_version=pyscf.__version__), "frames": idx.tolist()}
     order = np.argsort(idx)
+    # chunks are disjoint index ranges, so after sorting each is a contiguous block of rows: the
+    # coefficient cache is kept per chunk and a grown set expands only its new chunks
+    sizes = np.array([len(i) for i in index])[np.argsort([i[0] for i in index])]
     return Dataset(name=f"{molecule}-{which}", numbers=np.asarray(numbers), positions=pos[idx][order],
                    energies=cat("energies")[order], converged=cat("converged").astype(bool)[order],
                    truncation_error=cat("truncation_error")[order], meta=meta,
-                   mo_coeff=cat("mo_coeff")[order], mo_occ=cat("mo_occ")[order])
+                   mo_coeff=cat("mo_coeff")[order], mo_occ=cat("mo_occ")[order], blocks=np.cumsum(sizes)[:-1])
 
 
 def assemble(molecule: str, data_dir, md_dir, training: str | None = None, m: int | None = None) -> Dataset:

@@ -55,7 +55,7 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), progr
     ref = load_trajectory(Path(md_dir) / f"{molecule}-test-300K.npz")["reference"]
     out = {"training": label, "M": int(len(idx))}
     if "mlhk" in kinds:
-        out["mlhk"] = MLHK(reference=ref).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress)[idx],
+        out["mlhk"] = MLHK(reference=ref).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx),
                                              numbers=ds.numbers, progress=progress)
     if "mlks" in kinds:
         out["mlks"] = MLKS(reference=ref).fit(ds.positions[idx], ds.energies[idx], numbers=ds.numbers)

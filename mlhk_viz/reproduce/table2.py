@@ -65,10 +65,10 @@ def fit_and_score(train: Dataset, test: Dataset, m: int, density: bool = False, 
     te = np.flatnonzero(test.converged)
     if len(tr) < 2 or len(te) < 1:
         raise ValueError(f"{train.name}/{test.name}: need >= 2 training and >= 1 test frames, have {len(tr)} and {len(te)}")
-    U = train.coefficients(progress)
-    model = MLHK(**(params or {})).fit(train.positions[tr], train.energies[tr], U[tr], numbers=train.numbers,
-                                       progress=progress)
-    Ut = test.coefficients(progress)[te]
+    # only the rows used: a set being generated expands (and caches) just the chunks they lie in
+    model = MLHK(**(params or {})).fit(train.positions[tr], train.energies[tr], train.coefficients(progress, rows=tr),
+                                       numbers=train.numbers, progress=progress)
+    Ut = test.coefficients(progress, rows=te)
     dec = model.error_decomposition(test.positions[te], test.energies[te], Ut)
     return {
         "M": int(len(tr)), "n_test": int(len(te)), "model": model,
