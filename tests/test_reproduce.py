@@ -121,9 +121,17 @@ def test_fig3b_machinery_on_a_short_ethane_run(tmp_path):
     assert again["stats"] == info["stats"] and (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns == stamp
 
 
+def figures_tautomer():
+    from mlhk_viz.reference.forcefield import TAUTOMER_ORDERINGS
+
+    return TAUTOMER_ORDERINGS["malonaldehyde"]
+
+
 def test_fig3a_end_to_end_equals_an_explicit_refit(tmp_path):
     """fig3a on a stand-in for the AIMD set (six PBE frames with times): CSV, PNG and statistics equal
-    a refit of the library models on the same training frames, and a missing AIMD set is a clear error."""
+    a refit of the library models on the same training frames, and a missing AIMD set is a clear error.
+    Frames 3-5 are given in the other tautomer's labelling (H5 beside "O4", as after a proton transfer):
+    fig3a relabels them and predicts what the refit predicts for the training labelling."""
     import csv
 
     import numpy as np
@@ -145,6 +153,9 @@ def test_fig3a_end_to_end_equals_an_explicit_refit(tmp_path):
     frames = np.asarray(full.meta["roles"]["test"][:6])
     aimd = full.subset(frames)
     aimd.meta["times_fs"] = [10.0 * i for i in range(6)]
+    original = aimd.positions.copy()
+    mirror = list(figures_tautomer())
+    aimd.positions[3:] = original[3:][:, mirror]  # the same geometries, atoms labelled as the other tautomer
     aimd.save(data / "malonaldehyde-aimd.npz")
     info = figures.fig3a(tmp_path / "out", data, root / "data" / "md", m=12, log=lambda *a: None)
     rows = list(csv.DictReader(open(tmp_path / "out" / "fig3a.csv")))
@@ -155,7 +166,12 @@ def test_fig3a_end_to_end_equals_an_explicit_refit(tmp_path):
     ref = load_trajectory(root / "data" / "md" / "malonaldehyde-test-300K.npz")["reference"]
     hk = MLHK(reference=ref).fit(train.positions[idx], train.energies[idx], train.coefficients(rows=idx),
                                  numbers=train.numbers)
-    err = np.abs(hk.predict(aimd.positions) - aimd.energies) * KCAL_PER_HARTREE
+    err = np.abs(hk.predict(original) - aimd.energies) * KCAL_PER_HARTREE
     assert info["stats"]["mlhk"]["mae"] == pytest.approx(err.mean(), rel=1e-9)
     assert info["stats"]["mlhk"]["max"] == pytest.approx(err.max(), rel=1e-9)
+    assert info["relabelled_frames"] == [3, 4, 5]
+    np.testing.assert_allclose([float(r["E_mlhk_hartree"]) for r in rows], hk.predict(original), atol=1e-9)
+    by_index = np.abs(hk.predict(aimd.positions) - aimd.energies) * KCAL_PER_HARTREE
+    assert info["errors_atoms_by_index"]["mlhk"]["mae"] == pytest.approx(by_index.mean(), rel=1e-9)
+    assert not np.allclose(by_index[3:], err[3:], atol=1e-3)  # matched by index, the relabelled frames differ
     assert (tmp_path / "out" / "fig3a.png").stat().st_size > 5000

@@ -209,3 +209,24 @@ def symmetry_permutations(name: str) -> np.ndarray:
     perms = np.unique(np.array(matches, int), axis=0)
     ident = np.arange(mol.GetNumAtoms())
     return np.vstack([ident, perms[~(perms == ident).all(1)]])
+
+
+#: orderings that exchange the two tautomers of a molecule with an intramolecular proton transfer:
+#: malonaldehyde's O0 <-> O4, C1 <-> C3, H6 <-> H8 (H5 shuttles between the oxygens, C2-H7 is the axis)
+TAUTOMER_ORDERINGS = {"malonaldehyde": (4, 3, 2, 1, 0, 5, 8, 7, 6)}
+
+
+def equivalent_orderings(name: str) -> np.ndarray:
+    """:func:`symmetry_permutations` plus the orderings that map one tautomer onto the other: ``(P, n_atoms)``.
+
+    The classical force field keeps malonaldehyde's proton on O0, so every training frame is one
+    tautomer; PBE dynamics moves it to O4, and that geometry matched by index sits far from all
+    training frames although it is the same molecule. With these orderings
+    :func:`mlhk_viz.geometry.align_symmetric` relabels such a frame into the training tautomer
+    (energy and density are unchanged by relabelling identical atoms).
+    """
+    base = symmetry_permutations(name)
+    extra = TAUTOMER_ORDERINGS.get(name.lower())
+    if extra is None:
+        return base
+    return np.vstack([base, base[:, list(extra)]])
