@@ -234,6 +234,14 @@ def test_app_in_browser(browser, server):
         assert table_value(page, q, "max") == pytest.approx(lib[q][1], rel=1e-3, abs=2e-4), q
     assert float(page.locator(".hyper-table td.sigma").first.get_attribute("data-value")) == pytest.approx(sigma, rel=1e-9)
 
+    # -- a λ typed beyond the slider's end is set to that end, and the status line says so
+    set_number(page, ".w-lam", 5)
+    wait_knobs(page, m=12, hk_factor=1.0, hk_lam=0.1)
+    assert float(page.locator(".w-lam input").first.input_value()) == -1.0
+    assert "log₁₀ λ: 5 is outside -14 … -1; using -1" in page.locator(".status pre").first.inner_text()
+    set_number(page, ".w-lam", -6)
+    wait_knobs(page, m=12, hk_factor=1.0, hk_lam=1e-6)
+
     # -- pick a molecule in the parity plot: the 3D view follows
     page.get_by_text("Errors", exact=True).first.click()
     target = int(test[5])

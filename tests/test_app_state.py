@@ -404,16 +404,20 @@ def test_typed_values_beyond_the_bounds_are_clamped_and_told(st, app_modules):
     boxes["w-sigma"]._value_edit.value = 1.6
     assert st.log_sigma == st.param.log_sigma.bounds[1] == 1.5
     assert boxes["w-sigma"]._value_edit.value == 1.5
-    assert "1.6 is outside -1.5 … 1.5; using 1.5" in st.status
+    assert "1.6 is outside -1.5 … 1.5; using 1.5" in st.notice
+    assert st.wait(300)  # the retrain's status does not replace the notice; the next knob change clears it
+    assert "using 1.5" in st.notice and st.status.startswith("H2")
+    st.iso = st.iso * 1.1
+    assert st.notice == ""
 
     # M's upper bound follows the data set (the parameter's bounds, not the widget's first ones)
     lo, hi = st.param.m.bounds
     boxes["w-m"]._value_edit.value = hi + 7
-    assert st.m == hi and f"{hi + 7} is outside {lo} … {hi}; using {hi}" in st.status
+    assert st.m == hi and f"{hi + 7} is outside {lo} … {hi}; using {hi}" in st.notice
 
     n = st.param.molecule.bounds[1]
     boxes["w-molecule"]._value_edit.value = -4
-    assert st.molecule == 0 and "using 0" in st.status
+    assert st.molecule == 0 and "using 0" in st.notice
     boxes["w-molecule"]._value_edit.value = n + 100
     assert st.molecule == n
     # a value inside the bounds passes unchanged

@@ -69,6 +69,8 @@ class AppState(param.Parameterized):
     view_data = param.Parameter(default=None, doc="tasks.ViewData of the current molecule and view knobs")
     curve = param.List(default=[], doc="learning-curve points (dicts), growing as they arrive")
     status = param.String(default="")
+    notice = param.String(default="", doc="a note on the user's last input (e.g. a clamped value); kept until "
+                                          "the next knob change, shown before the status")
     stage = param.String(default="")
     progress = param.Integer(default=0, bounds=(0, 100))
     md_frames = param.List(default=[], doc="(time fs, E_ML Hartree) of the current or last ML-HK MD run")
@@ -304,6 +306,11 @@ class AppState(param.Parameterized):
         if not self._quiet and self._want_curve:
             self.curve = []
             self.request_curve()
+
+    @param.depends(*FIT_KNOBS, *VIEW_KNOBS, watch=True)
+    def _clear_notice(self):
+        if not self._quiet:  # the user's changes, not the sliders following CV or a data set
+            self.notice = ""
 
     @param.depends(*VIEW_KNOBS, watch=True)
     def _view_knobs_changed(self):

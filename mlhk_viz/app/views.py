@@ -42,6 +42,12 @@ class _ClampTyped:
     on_clamp = None
     limits = None
 
+    def _update_bounds(self):
+        super()._update_bounds()
+        # no low/high on the box: Bokeh's NumericInput would keep an out-of-range entry in the browser
+        # and never send it, so nothing could be clamped or told
+        self._value_edit.param.update(start=None, end=None)
+
     def _sync_value(self, event):
         v = event.new
         if event.name in ("value", "value_throttled") and v is not None:
@@ -65,12 +71,12 @@ class ClampedIntSlider(_ClampTyped, pn.widgets.EditableIntSlider):
 
 
 def _clamped(cls, parameter, state, **kw):
-    """``cls.from_param(parameter)`` clamping typed values to the parameter's bounds, told in ``state.status``."""
+    """``cls.from_param(parameter)`` clamping typed values to the parameter's bounds, told in ``state.notice``."""
     w = cls.from_param(parameter, **kw)
     w.limits = lambda: parameter.owner.param[parameter.name].bounds
     b = lambda x: "∞" if x is None else f"{x:g}"  # noqa: E731
     w.on_clamp = lambda typed, used, lo, hi: setattr(
-        state, "status", f"{kw['name']}: {typed:g} is outside {b(lo)} … {b(hi)}; using {used:g}")
+        state, "notice", f"{kw['name']}: {typed:g} is outside {b(lo)} … {b(hi)}; using {used:g}")
     return w
 
 
@@ -189,9 +195,9 @@ def status_bar(state) -> pn.Row:
         bar.value = state.progress if state.busy else 100
         bar.active = state.busy
         stage.object = state.stage if state.busy else "ready"
-        text.object = state.error or state.status
+        text.object = state.error or " — ".join(t for t in (state.notice, state.status) if t)
 
-    state.param.watch(upd, ["progress", "stage", "busy", "status", "error"])
+    state.param.watch(upd, ["progress", "stage", "busy", "status", "notice", "error"])
     upd()
     knobs = pn.pane.HTML(pn.bind(_result_knobs, state.param.result), width=0, height=0, margin=0)
     return pn.Row(bar, stage, text, knobs, sizing_mode="stretch_width", height=34)
