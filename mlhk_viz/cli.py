@@ -104,7 +104,13 @@ def _cmd_reproduce(args) -> int:
         molecules = tuple(args.molecules.split(",")) if args.molecules else table2.MOLECULES
         table2.run(Path(args.out), data_dir, md_dir, m=args.m, molecules=molecules, progress=bar, log=print)
     elif args.what == "fig3b":
-        figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, progress=bar, log=print)
+        mol = args.molecules or "malonaldehyde"
+        if mol not in table2.MOLECULES:
+            print(f"mlhk-viz reproduce fig3b: --molecules takes one of {', '.join(table2.MOLECULES)}, got {mol!r}",
+                  file=sys.stderr)
+            return 2
+        figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, progress=bar,
+                      log=print)
     else:
         getattr(figures, args.what)(Path(args.out), data_dir, md_dir, m=args.m, progress=bar, log=print)
     bar.close()
@@ -165,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--md-dir", help="folder with the classical trajectories (default DATA_DIR/md)")
     r.add_argument("--curve-max", type=int, default=100, help="table1: largest M of the learning curve")
     r.add_argument("--m", type=int, help="table2/figures: cap on the training size (default: all PBE frames that exist)")
-    r.add_argument("--molecules", help="table2: comma-separated subset of benzene,ethane,malonaldehyde")
+    r.add_argument("--molecules", help="table2: comma-separated subset of benzene,ethane,malonaldehyde; "
+                                       "fig3b: the one molecule to run (default malonaldehyde, the paper's)")
     r.add_argument("--forces", default="fd", choices=("fd", "analytic"),
                    help="fig3b: central finite differences of the ML energy (the paper's, default) or the exact gradient")
     r.set_defaults(func=_cmd_reproduce)

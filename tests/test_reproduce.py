@@ -29,6 +29,9 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["info", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "x.npz" in err and "truncated or corrupt" in err and "Traceback" not in err
+    assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--molecules", "water"]) == 2
+    err = capsys.readouterr().err
+    assert "one of benzene, ethane, malonaldehyde, got 'water'" in err and not (tmp_path / "o").exists()
 
 
 def test_power_law_fit_recovers_an_exact_power_law():
