@@ -195,6 +195,7 @@ class Dataset:
         starts = self._block_starts()
         if rows is None or len(starts) == 1:
             self._coefficients = np.concatenate(self._cached_blocks(range(len(starts)), starts, progress))
+            self._block_arrays.clear()  # held once, in the full array
             return self.coefficients(progress, rows)
         r = np.asarray(rows, dtype=int).reshape(-1)
         if len(r) and (r.min() < 0 or r.max() >= len(self)):
