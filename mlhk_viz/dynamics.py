@@ -69,7 +69,7 @@ from ase.data import atomic_masses, chemical_symbols
 from ase.units import Hartree
 
 from .descriptor import self_sq_norms
-from .geometry import as_positions
+from .geometry import as_positions, best_orderings
 from .models import MLHK, MLKS, load_model
 
 __all__ = [
@@ -325,6 +325,7 @@ class MLHKForceField:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         self.model, self.route = model, route
         self.last_frame = None  # model-frame positions of the last evaluation
+        self.last_orderings = None  # (n, A) atom orderings of the last evaluation (models with permutations)
         self.kind = type(model).__name__
         self.numbers = np.asarray(model.numbers_, int)
         self.n_atoms = len(self.numbers)
@@ -336,6 +337,8 @@ class MLHKForceField:
         self.reference = None if model.reference_ is None else np.asarray(model.reference_, float)
         self.weights = atomic_masses[self.numbers]
         self.aligner = None if self.reference is None else Aligner(self.reference, self.weights)
+        perms = getattr(model, "permutations_", None)
+        self.permutations = None if perms is None else np.asarray(perms, int)
         if self.kind == "MLKS":
             km = model.model_
             self.groups = self._groups_of(km)
@@ -395,10 +398,19 @@ class MLHKForceField:
         return p
 
     def model_frame(self, positions):
-        """``(y, R, ref_centred)``: positions in the model frame (aligned if the model has a reference)."""
+        """``(y, R, ref_centred)``: positions in the model frame (aligned if the model has a reference).
+
+        With the model's ``permutations``, each molecule is first relabelled to its best ordering
+        (as in fit and predict); :attr:`last_orderings` keeps the chosen rows for the gradient.
+        """
         p = self._positions(positions)
+        self.last_orderings = None
         if self.aligner is None:
             return p, None, None
+        if self.permutations is not None:
+            best = best_orderings(p, self.reference, self.permutations, self.weights, stable=True)
+            self.last_orderings = self.permutations[best]  # (n, A): atom perm[j] plays reference atom j
+            p = np.take_along_axis(p, self.last_orderings[:, :, None], axis=1)
         y, R = self.aligner(p)
         return y, R, self.aligner.ref
 
@@ -480,6 +492,10 @@ class MLHKForceField:
         if R is None:
             return E, G
         grad = np.stack([self.aligner.pullback(y[k], R[k], G[k]) for k in range(len(y))])
+        if self.last_orderings is not None:  # back to the caller's labels: x[perm[j]] was relabelled atom j
+            out = np.empty_like(grad)
+            np.put_along_axis(out, self.last_orderings[:, :, None], grad, axis=1)
+            grad = out
         return E, grad
 
     def fd_gradient(self, positions, eps: float = 1e-3, energy=None) -> tuple[float, np.ndarray]:

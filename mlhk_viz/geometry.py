@@ -74,7 +74,8 @@ def kabsch_rmsd(positions, reference, weights=None) -> np.ndarray:
     return np.sqrt(np.maximum(e0 - 2 * s.sum(-1), 0.0) / w.sum())
 
 
-def align_symmetric(positions, reference, permutations, weights=None, tol: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+def align_symmetric(positions, reference, permutations, weights=None, tol: float = 0.01,
+                    stable: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Align like :func:`align`, also choosing the best ordering of symmetry-equivalent atoms.
 
     Methyl rotors and ring flips exchange chemically equivalent atoms during MD, so matching atoms by
@@ -86,27 +87,59 @@ def align_symmetric(positions, reference, permutations, weights=None, tol: float
     rotated copies almost equally well, and relabelling on such near-ties would only churn. Only
     re-ordered molecules are re-aligned, so already-aligned data stay bit-identical.
 
+    ``stable``: how near-ties are broken, see :func:`best_orderings`.
+
     Returns ``(aligned (n, n_atoms, 3) Å, chosen (n,) int index into permutations)``.
     """
     p = as_positions(positions)
-    perms = np.asarray(permutations, int)
-    if perms.ndim != 2 or perms.shape[1] != p.shape[1]:
-        raise ValueError(f"align_symmetric: permutations must be (P, {p.shape[1]}), got {perms.shape}")
-    if not np.array_equal(perms[0], np.arange(p.shape[1])):
-        raise ValueError("align_symmetric: the first permutation must be the identity")
-    w = None if weights is None else np.asarray(weights, float)
-    if w is not None and not all(np.allclose(w[q], w) for q in perms):
-        raise ValueError("align_symmetric: a permutation exchanges atoms of different weight")
-    pc = centre(p, w)
-    ref = centre(reference, w)[0]
-    rmsd = kabsch_rmsd(pc[:, perms], ref, w)  # (n, P)
-    best = np.argmin(rmsd, axis=1)
-    best[rmsd[np.arange(len(p)), best] > rmsd[:, 0] - tol] = 0
+    perms = check_permutations(permutations, p.shape[1], weights)
+    best = best_orderings(p, reference, perms, weights, tol, stable)
     out = p.copy()
     moved = np.flatnonzero(best != 0)
     if len(moved):
-        out[moved] = align(p[moved[:, None], perms[best[moved]]], reference, w)
+        out[moved] = align(p[moved[:, None], perms[best[moved]]], reference, weights)
     return out, best
+
+
+def check_permutations(permutations, n_atoms: int, weights=None) -> np.ndarray:
+    """Validate atom orderings ``(P, n_atoms)``: integer rows, identity first, equal weights exchanged."""
+    perms = np.asarray(permutations)
+    if perms.ndim != 2 or perms.shape[1] != n_atoms or not np.issubdtype(perms.dtype, np.integer):
+        raise ValueError(f"permutations must be integer orderings of shape (P, {n_atoms}), got {perms.shape} "
+                         f"{perms.dtype}")
+    if not all(np.array_equal(np.sort(q), np.arange(n_atoms)) for q in perms):
+        raise ValueError("permutations: every row must be an ordering of the atom indices 0 … n_atoms-1")
+    if not np.array_equal(perms[0], np.arange(n_atoms)):
+        raise ValueError("permutations: the first ordering must be the identity")
+    w = None if weights is None else np.asarray(weights, float)
+    if w is not None and not all(np.allclose(w[q], w) for q in perms):
+        raise ValueError("permutations: an ordering exchanges atoms of different weight")
+    return perms.astype(int)
+
+
+def best_orderings(positions, reference, permutations, weights=None, tol: float = 0.01,
+                   stable: bool = False) -> np.ndarray:
+    """Index ``(n,)`` into ``permutations`` of each molecule's best ordering (see :func:`align_symmetric`).
+
+    ``stable=False`` (the rule the shipped MD sets were made with): the least Kabsch RMSD, unless the
+    identity is within ``tol`` Å of it. A symmetric reference (ethane's D3d, benzene's D6h) has several
+    orderings tied to within 0.001 Å, and the least of them changes with every thermal jiggle.
+    ``stable=True``: the first ordering within ``tol`` of the least. The choice then changes only where
+    an ordering crosses the edge of that band, not among near-ties. Models use it: an ordering switching
+    at every MD step would make the energy jump at every step. Molecules already ordered by either rule
+    keep the identity.
+    """
+    p = as_positions(positions)
+    perms = np.asarray(permutations, int)
+    w = None if weights is None else np.asarray(weights, float)
+    pc = centre(p, w)
+    ref = centre(reference, w)[0]
+    rmsd = kabsch_rmsd(pc[:, perms], ref, w)  # (n, P)
+    if stable:
+        return np.argmax(rmsd <= rmsd.min(axis=1, keepdims=True) + tol, axis=1)
+    best = np.argmin(rmsd, axis=1)
+    best[rmsd[np.arange(len(p)), best] > rmsd[:, 0] - tol] = 0
+    return best
 
 
 def kmeans_select(features, m: int, seed: int = 0, candidates=None, n_init: int | None = None) -> np.ndarray:

@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from .basis import FourierBasis
 from .descriptor import GaussianPotential
-from .geometry import align, as_positions
+from .geometry import align, align_symmetric, as_positions, check_permutations
 from .krr import KernelRidgeModel, cv_grid, kfold_indices
 from .progress import Progress, null_progress
 
@@ -112,6 +112,11 @@ class _Base(BaseEstimator, RegressorMixin):
             raise ValueError(f"need at least 2 training molecules, got {len(pos)}")
         self.numbers_ = nums
         self.reference_ = None if self.reference is None else as_positions(self.reference, "reference")[0]
+        self.permutations_ = None
+        if self.permutations is not None:
+            if self.reference_ is None:
+                raise ValueError("permutations relabel molecules to match the reference: give a reference too")
+            self.permutations_ = check_permutations(self.permutations, len(nums), atomic_masses[nums])
         pos = self._align(pos)
         self.potential_ = GaussianPotential(self.gamma, self.spacing)
         self.axes_ = self.potential_.axes(pos)
@@ -121,7 +126,11 @@ class _Base(BaseEstimator, RegressorMixin):
     def _align(self, pos):
         if self.reference_ is None:
             return pos
-        return align(pos, self.reference_, weights=atomic_masses[self.numbers_])
+        w = atomic_masses[self.numbers_]
+        if getattr(self, "permutations_", None) is not None:
+            # the same relabelling the training frames had: a methyl turned by 120° is the same molecule
+            pos, _ = align_symmetric(pos, self.reference_, self.permutations_, w, stable=True)
+        return align(pos, self.reference_, weights=w)
 
     def _check_X(self, X):
         if not hasattr(self, "X_fit_"):
@@ -156,12 +165,18 @@ class MLKS(_Base):
         Leave-one-out (closed form) or k-fold CV.
     reference : (n_atoms, 3) array or None
         Geometry to Kabsch-align every input onto (Å); None uses inputs as given.
+    permutations : (P, n_atoms) int array or None
+        Orderings of equivalent atoms, identity first (e.g.
+        :func:`mlhk_viz.reference.forcefield.equivalent_orderings`): every input, in fit and predict,
+        is relabelled to the ordering that best matches ``reference``
+        (:func:`mlhk_viz.geometry.align_symmetric`). Needs a reference.
     """
 
     def __init__(self, gamma=0.2, spacing=0.08, sigma=None, lam=None, cv="loo", sigma_factors=SIGMA_FACTORS,
-                 lams=LAMBDAS, reference=None):
+                 lams=LAMBDAS, reference=None, permutations=None):
         self.gamma, self.spacing, self.sigma, self.lam, self.cv = gamma, spacing, sigma, lam, cv
         self.sigma_factors, self.lams, self.reference = sigma_factors, lams, reference
+        self.permutations = permutations
 
     def fit(self, X, y, numbers=None, progress: Progress = null_progress):
         """Fit on molecules ``X`` and energies ``y`` ``(n,)`` Hartree."""
@@ -197,18 +212,18 @@ class MLHK(_Base):
         Energy functional's kernel width (in density-L2 units) and ridge; None: by CV.
     energy_features : "predicted" or "dft"
         Train the functional on the model's own in-sample densities (Eq. 13) or on the DFT ones.
-    cv, sigma_factors, lams, reference : as in :class:`MLKS`.
+    cv, sigma_factors, lams, reference, permutations : as in :class:`MLKS`.
     basis : FourierBasis
         The density basis (for densities on grids and electron counts).
     """
 
     def __init__(self, gamma=0.2, spacing=0.08, sigma=None, lam=None, per_coefficient=False, energy_sigma=None,
                  energy_lam=None, energy_features="predicted", cv="loo", sigma_factors=SIGMA_FACTORS, lams=LAMBDAS,
-                 reference=None, basis=FourierBasis()):
+                 reference=None, basis=FourierBasis(), permutations=None):
         self.gamma, self.spacing, self.sigma, self.lam = gamma, spacing, sigma, lam
         self.per_coefficient, self.energy_sigma, self.energy_lam = per_coefficient, energy_sigma, energy_lam
         self.energy_features, self.cv, self.sigma_factors, self.lams = energy_features, cv, sigma_factors, lams
-        self.reference, self.basis = reference, basis
+        self.reference, self.basis, self.permutations = reference, basis, permutations
 
     def fit(self, X, y, coefficients, numbers=None, progress: Progress = null_progress):
         """Fit on molecules ``X``, energies ``y`` ``(n,)`` Hartree and DFT coefficients ``(n, basis.size)``."""
@@ -312,6 +327,8 @@ def save_model(model, path) -> Path:
               "axes_z": model.axes_[2]}
     if model.reference_ is not None:
         arrays["reference"] = model.reference_
+    if getattr(model, "permutations_", None) is not None:
+        arrays["permutations"] = np.asarray(model.permutations_, np.int64)
     if kind == "MLKS":
         parts = {"energy": model.model_}
     else:
@@ -321,7 +338,7 @@ def save_model(model, path) -> Path:
             arrays[f"{prefix}/{k}"] = v
     if kind == "MLHK":
         arrays["energy_features"] = model.energy_features_
-    params = {k: _jsonable(v) for k, v in model.get_params().items() if k != "reference"}
+    params = {k: _jsonable(v) for k, v in model.get_params().items() if k not in ("reference", "permutations")}
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": kind, "params": params}
     save_npz(path, arrays, meta, compress=False)
     return Path(path)
@@ -343,11 +360,15 @@ def load_model(path):
         params[k] = tuple(params[k])
     if "basis" in params:
         params["basis"] = FourierBasis(**params["basis"])
-    model = (MLHK if kind == "MLHK" else MLKS)(reference=arrays.get("reference"), **params)
+    params.pop("permutations", None)
+    model = (MLHK if kind == "MLHK" else MLKS)(reference=arrays.get("reference"), permutations=arrays.get("permutations"),
+                                             **params)
     try:
         model.X_fit_, model.numbers_ = arrays["X_fit"], arrays["numbers"]
         model.axes_ = (arrays["axes_x"], arrays["axes_y"], arrays["axes_z"])
         model.reference_ = arrays.get("reference")
+        perms = arrays.get("permutations")
+        model.permutations_ = None if perms is None else check_permutations(perms, len(model.numbers_))
         model.potential_ = GaussianPotential(model.gamma, model.spacing)
 
         def sub(prefix):

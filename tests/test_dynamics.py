@@ -384,3 +384,88 @@ def test_langevin_md_is_stable(data, forcefield):
     assert geo[:, :2].min() > 0.85 and geo[:, :2].max() < 1.10  # Å
     assert geo[:, 2].min() > 85 and geo[:, 2].max() < 125  # degrees
     assert np.mean(temps) < 1000
+
+
+# ------------------------------------------------------------------ models that relabel equivalent atoms
+
+
+@pytest.fixture(scope="module")
+def ethane_relabelling():
+    """ML-HK on 20 committed ethane PBE frames, relabelling methyl hydrogens (72 orderings) to the reference."""
+    from pathlib import Path
+
+    from mlhk_viz.geometry import centre, kabsch_rmsd
+    from mlhk_viz.reference.forcefield import symmetry_permutations
+    from mlhk_viz.reference.md import load_trajectory
+    from mlhk_viz.reference.md_sets import load_partial
+
+    root = Path(__file__).resolve().parent.parent / "data"
+    train = load_partial("ethane", "train300", root, root / "md")
+    test = load_partial("ethane", "test", root, root / "md")
+    idx = np.flatnonzero(train.converged)[:20]
+    ref = load_trajectory(root / "md" / "ethane-test-300K.npz")["reference"]
+    perms = symmetry_permutations("ethane")
+    model = MLHK(reference=ref, permutations=perms).fit(train.positions[idx], train.energies[idx],
+                                                       train.coefficients(rows=idx), numbers=train.numbers)
+    # frames whose ordering stays put under the finite differences' displacements (2e-3 Å): no ordering
+    # within 0.005 Å of the edge of the band that decides it (geometry.best_orderings, stable=True)
+    w = atomic_masses_of(train.numbers)
+    r = kabsch_rmsd(centre(test.positions[:40], w)[:, perms], centre(ref, w)[0], w)
+    edge = r.min(axis=1, keepdims=True) + 0.01
+    clear = np.flatnonzero(np.abs(r - edge).min(axis=1) > 0.005)[:4]
+    assert len(clear) == 4
+    unaware = MLHK(reference=ref).fit(train.positions[idx], train.energies[idx], train.coefficients(rows=idx),
+                                      numbers=train.numbers)
+    return model, test.positions[clear], perms, unaware
+
+
+def test_relabelling_model_gives_one_energy_to_relabelled_copies_and_exact_forces(ethane_relabelling, tmp_path):
+    from mlhk_viz.geometry import align_symmetric, best_orderings
+    from mlhk_viz.models import load_model
+
+    model, x, perms, unaware_model = ethane_relabelling
+    assert len(perms) == 72 and model.permutations_.shape == (72, 8)
+    ff = MLHKForceField(model)
+    # the same geometries with atoms listed in other orderings (methyls turned by 120°, ends swapped), moved
+    rows = [5, 17, 40, 71]
+    y = np.stack([rigid(x[k][perms[r]], seed=k) for k, r in enumerate(rows)])
+    w = atomic_masses_of(model.numbers_)
+    assert (best_orderings(y, model.reference_, perms, w, stable=True) != 0).all(), "each copy needs relabelling"
+    # the model relabels (stable rule) and then is the model fitted without orderings: the training frames
+    # were ordered when the set was made, so both fits saw the same frames
+    ordered, chosen = align_symmetric(y, model.reference_, perms, w, stable=True)
+    assert (chosen != 0).all()
+    np.testing.assert_allclose(model.predict(y), unaware_model.predict(ordered), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(model.X_fit_, unaware_model.X_fit_, rtol=0, atol=1e-12)
+    # by index, a relabelled copy is another point of descriptor space: the unaware model's energy moves
+    assert np.abs(unaware_model.predict(y) - model.predict(y)).max() > 1e-4
+    E, G = ff.energy_and_gradient(y)
+    np.testing.assert_allclose(E, model.predict(y), rtol=0, atol=1e-9)
+    for yk, g in zip(y, G):
+        assert rel(g, fd_central(model.predict, yk, 1e-4)) < 2e-5
+        assert rel(g, fd_five_point(ff.energies, yk, 1e-3)) < 1e-6
+    # the file keeps the orderings
+    from mlhk_viz.models import save_model as save
+
+    back = load_model(save(model, tmp_path / "ethane.npz"))
+    np.testing.assert_array_equal(back.permutations_, model.permutations_)
+    np.testing.assert_allclose(back.predict(y), model.predict(y), rtol=0, atol=1e-12)
+
+
+def atomic_masses_of(numbers):
+    from ase.data import atomic_masses
+
+    return atomic_masses[np.asarray(numbers, int)]
+
+
+def test_permutations_are_validated(data):
+    ds, U, tr, _ = data
+    fit = lambda **kw: MLHK(**kw).fit(ds.positions[tr], ds.energies[tr], U[tr], numbers=ds.numbers)  # noqa: E731
+    with pytest.raises(ValueError, match="give a reference too"):
+        fit(permutations=[[0, 1, 2], [0, 2, 1]])
+    with pytest.raises(ValueError, match="first ordering must be the identity"):
+        fit(reference=ds.positions[0], permutations=[[0, 2, 1], [0, 1, 2]])
+    with pytest.raises(ValueError, match="different weight"):
+        fit(reference=ds.positions[0], permutations=[[0, 1, 2], [1, 0, 2]])
+    with pytest.raises(ValueError, match="ordering of the atom indices"):
+        fit(reference=ds.positions[0], permutations=[[0, 1, 2], [0, 1, 1]])

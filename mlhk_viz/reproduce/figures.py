@@ -47,18 +47,25 @@ def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
     return label, ds, idx
 
 
-def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), progress: Progress = null_progress):
-    """ML-HK (and ML-KS) fitted on :func:`training_set`, aligning new geometries onto the MD reference."""
+def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relabel: bool = True,
+               progress: Progress = null_progress):
+    """ML-HK (and ML-KS) fitted on :func:`training_set`, aligning new geometries onto the MD reference.
+
+    ``relabel``: new geometries are also relabelled like the training frames were (methyl turns, ring
+    rotations; malonaldehyde's tautomer swap), :func:`~mlhk_viz.reference.forcefield.equivalent_orderings`.
+    """
+    from ..reference.forcefield import equivalent_orderings
     from ..reference.md import load_trajectory
 
     label, ds, idx = training_set(molecule, data_dir, md_dir, m)
     ref = load_trajectory(Path(md_dir) / f"{molecule}-test-300K.npz")["reference"]
+    perms = equivalent_orderings(molecule) if relabel else None
     out = {"training": label, "M": int(len(idx))}
     if "mlhk" in kinds:
-        out["mlhk"] = MLHK(reference=ref).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx),
+        out["mlhk"] = MLHK(reference=ref, permutations=perms).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx),
                                              numbers=ds.numbers, progress=progress)
     if "mlks" in kinds:
-        out["mlks"] = MLKS(reference=ref).fit(ds.positions[idx], ds.energies[idx], numbers=ds.numbers)
+        out["mlks"] = MLKS(reference=ref, permutations=perms).fit(ds.positions[idx], ds.energies[idx], numbers=ds.numbers)
     return out
 
 
@@ -211,17 +218,15 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
 def fig3a(out, data_dir, md_dir, m=None, progress: Progress = null_progress, log=print) -> dict:
     """ML-HK along the PBE ab-initio MD of malonaldehyde (``data/malonaldehyde-aimd.npz``).
 
-    The AIMD moves the proton to O4, a tautomer the classical training MD never visits; each frame is
-    relabelled into the training tautomer when that matches the reference better
-    (:func:`~mlhk_viz.reference.forcefield.equivalent_orderings`). The JSON also reports the errors
-    with atoms matched by index only, and which frames were relabelled.
+    The AIMD moves the proton to O4, a tautomer the classical training MD never visits; the models
+    relabel each frame into the training tautomer when that matches the reference better
+    (:func:`fit_models`, :func:`~mlhk_viz.reference.forcefield.equivalent_orderings`). The JSON also
+    reports the errors of the same models with atoms matched by index only, and which frames were relabelled.
     """
     from ase.data import atomic_masses
 
     from ..datasets import Dataset
-    from ..geometry import align_symmetric
-    from ..reference.forcefield import equivalent_orderings
-    from ..reference.md import load_trajectory
+    from ..geometry import best_orderings
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,15 +235,19 @@ def fig3a(out, data_dir, md_dir, m=None, progress: Progress = null_progress, log
         raise ValueError(f"fig3a needs {path}: run `python -m mlhk_viz.reference.aimd` first (PBE AIMD, resumable)")
     ds = Dataset.load(path)
     models = fit_models("malonaldehyde", data_dir, md_dir, m, kinds=("mlhk", "mlks"), progress=progress)
-    ref = load_trajectory(Path(md_dir) / "malonaldehyde-test-300K.npz")["reference"]
-    pos, chosen = align_symmetric(ds.positions, ref, equivalent_orderings("malonaldehyde"),
-                                  atomic_masses[ds.numbers])
+    hk = models["mlhk"]
+    chosen = best_orderings(ds.positions, hk.reference_, hk.permutations_, atomic_masses[ds.numbers], stable=True)
     times = np.asarray(ds.meta["times_fs"])
     pbe = np.where(ds.converged, ds.energies, np.nan)
-    series = {"pbe": pbe, "mlhk": models["mlhk"].predict(pos), "mlks": models["mlks"].predict(pos)}
+    series = {"pbe": pbe, "mlhk": hk.predict(ds.positions), "mlks": models["mlks"].predict(ds.positions)}
     by_index = {}
     for k in ("mlhk", "mlks"):
-        err = np.abs(models[k].predict(ds.positions) - pbe)[np.isfinite(pbe)] * KCAL_PER_HARTREE
+        model, perms = models[k], models[k].permutations_
+        model.permutations_ = None  # the same fitted model, atoms matched by index only
+        try:
+            err = np.abs(model.predict(ds.positions) - pbe)[np.isfinite(pbe)] * KCAL_PER_HARTREE
+        finally:
+            model.permutations_ = perms
         by_index[k] = {"mae": float(err.mean()), "max": float(err.max())}
     relabelled = np.flatnonzero(chosen != 0)
     log(f"fig3a: {len(relabelled)} of {len(ds)} AIMD frames relabelled into the training tautomer; atoms matched "
