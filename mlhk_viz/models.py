@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from .basis import FourierBasis
 from .descriptor import GaussianPotential
-from .geometry import align, align_symmetric, as_positions, check_permutations
+from .geometry import align, align_symmetric, as_positions, best_orderings, check_permutations
 from .krr import KernelRidgeModel, cv_grid, kfold_indices
 from .progress import Progress, null_progress
 
@@ -106,7 +106,7 @@ def _choose(D, Y, sigma, lam, sigma_factors, lams, cv, per_output, progress, sta
 class _Base(BaseEstimator, RegressorMixin):
     """Shared descriptor handling: alignment, grid, distances."""
 
-    def _prepare_fit(self, X, numbers):
+    def _prepare_fit(self, X, numbers, densities: bool = False):
         pos, nums = molecules(X, numbers)
         if len(pos) < 2:
             raise ValueError(f"need at least 2 training molecules, got {len(pos)}")
@@ -117,6 +117,14 @@ class _Base(BaseEstimator, RegressorMixin):
             if self.reference_ is None:
                 raise ValueError("permutations relabel molecules to match the reference: give a reference too")
             self.permutations_ = check_permutations(self.permutations, len(nums), atomic_masses[nums])
+            if densities:
+                # a relabelled frame is turned onto the reference, and its DFT density would not turn with it
+                chosen = best_orderings(pos, self.reference_, self.permutations_, atomic_masses[nums], stable=True)
+                if (chosen != 0).any():
+                    raise ValueError(
+                        f"training molecules {np.flatnonzero(chosen)[:10].tolist()} are not in the ordering that "
+                        f"matches the reference best, so their densities would not follow the relabelling: order "
+                        f"them before computing their densities (geometry.align_symmetric), as the MD sets are")
         pos = self._align(pos)
         self.potential_ = GaussianPotential(self.gamma, self.spacing)
         self.axes_ = self.potential_.axes(pos)
@@ -180,7 +188,7 @@ class MLKS(_Base):
 
     def fit(self, X, y, numbers=None, progress: Progress = null_progress):
         """Fit on molecules ``X`` and energies ``y`` ``(n,)`` Hartree."""
-        pos = self._prepare_fit(X, numbers)
+        pos = self._prepare_fit(X, numbers, densities=False)
         y = _targets(y, len(pos), "y (energies)")
         progress(0, 1, "descriptor")
         D = self.potential_.sq_distances(pos, None, self.numbers_, self.axes_)
@@ -229,7 +237,7 @@ class MLHK(_Base):
         """Fit on molecules ``X``, energies ``y`` ``(n,)`` Hartree and DFT coefficients ``(n, basis.size)``."""
         if self.energy_features not in ("predicted", "dft"):
             raise ValueError(f"energy_features must be 'predicted' or 'dft', got {self.energy_features!r}")
-        pos = self._prepare_fit(X, numbers)
+        pos = self._prepare_fit(X, numbers, densities=True)
         y = _targets(y, len(pos), "y (energies)")
         U = _targets(coefficients, len(pos), "coefficients", self.basis.size)
         progress(0, 1, "descriptor")
