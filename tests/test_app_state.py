@@ -423,3 +423,38 @@ def test_typed_values_beyond_the_bounds_are_clamped_and_told(st, app_modules):
     # a value inside the bounds passes unchanged
     boxes["w-molecule"]._value_edit.value = 1
     assert st.molecule == 1
+
+
+def test_md_model_of_an_md_set_relabels_like_its_frames(app_modules):
+    """The app's MD model for an MD set aligns to the set's own reference with its orderings; its training
+    frames (ordered when the set was made) stay exactly where they are."""
+    _, compute, _, _, _ = app_modules
+    from mlhk_viz.reference.forcefield import symmetry_permutations
+    from mlhk_viz.reference.md import load_trajectory
+
+    k = compute.FitKnobs(dataset=str(ROOT / "data" / "ethane-md.npz"), m=20)
+    model = compute.library_model(k, "ML-HK", align=True)
+    np.testing.assert_array_equal(model.permutations_, symmetry_permutations("ethane"))
+    np.testing.assert_array_equal(model.reference_, load_trajectory(ROOT / "data" / "md" / "ethane-test-300K.npz")["reference"])
+    ds = compute.load_entry(k.dataset).ds
+    np.testing.assert_allclose(model.X_fit_, ds.positions[compute.fit(k).train], rtol=0, atol=1e-12)
+    # a test frame with one methyl's hydrogens listed in turn (the same molecule) is relabelled, and then
+    # predicted as its relabelled, aligned copy (the model without orderings on the same frames agrees)
+    from mlhk_viz.geometry import align_symmetric
+
+    x = ds.positions[np.asarray(ds.meta["roles"]["test"][:10])][:, [0, 1, 3, 4, 2, 5, 6, 7]]
+    ordered, chosen = align_symmetric(x, model.reference_, model.permutations_, atomic_masses_of(model.numbers_),
+                                      stable=True)
+    assert (chosen != 0).all()
+    import copy
+
+    by_index = copy.deepcopy(model)
+    by_index.permutations_ = None
+    np.testing.assert_allclose(model.predict(x), by_index.predict(ordered), rtol=0, atol=1e-10)
+    assert compute.md_alignment(compute.load_entry(str(H2)).ds) is None
+
+
+def atomic_masses_of(numbers):
+    from ase.data import atomic_masses
+
+    return atomic_masses[np.asarray(numbers, int)]

@@ -567,13 +567,36 @@ def curve_sizes(entry: DataEntry) -> list[int]:
 
 
 # ------------------------------------------------------------------------------ library models
+def md_alignment(ds):
+    """``(reference, orderings)`` an MD set's frames were ordered and aligned with, or None.
+
+    For the assembled MD sets (``meta["molecule"]``): the force-field minimum of the molecule's test
+    trajectory and :func:`~mlhk_viz.reference.forcefield.equivalent_orderings`, so an MD run relabels
+    a turned methyl the way the training frames were. None for other sets, or without RDKit (the
+    orderings come from its graph matching), or without the trajectory file.
+    """
+    from ..reference.forcefield import equivalent_orderings
+    from ..reference.md import load_trajectory
+
+    mol = ds.meta.get("molecule")
+    if mol is None or ds.path is None:
+        return None
+    path = Path(ds.path).parent / "md" / f"{mol}-test-300K.npz"
+    try:
+        return load_trajectory(path)["reference"], equivalent_orderings(mol)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = False):
     """A real ``MLHK``/``MLKS`` fitted by the library with the hyperparameters the app uses.
 
     Sigmas and lambdas are passed explicitly (the values CV picked, if auto), so the model file
     reproduces exactly what the app shows. ``align=True`` (for MD, where the molecule tumbles) makes
-    the model Kabsch-align every geometry onto the first training molecule first, so its energy is
-    invariant to rotations; the data sets' frames are already aligned, so its numbers barely move.
+    the model Kabsch-align every geometry onto a reference first, so its energy is invariant to
+    rotations: for MD sets the one their frames were aligned to, with the same relabelling of
+    equivalent atoms (:func:`md_alignment`), else the first training molecule. The data sets' frames
+    are already aligned, so the numbers barely move.
     """
     from ..models import MLHK, MLKS
 
@@ -581,11 +604,13 @@ def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = 
     entry = load_entry(k.dataset)
     pos, E = entry.ds.positions[r.train], entry.ds.energies[r.train]
     progress(0, 1, "library fit")
-    ref = pos[0] if align else None
+    ref, perms = (md_alignment(entry.ds) or (pos[0], None)) if align else (None, None)
     if kind == "ML-KS":
-        model = MLKS(k.gamma, k.spacing, sigma=r.ks.sigma, lam=r.ks.lam, reference=ref).fit(pos, E, numbers=entry.ds.numbers)
+        model = MLKS(k.gamma, k.spacing, sigma=r.ks.sigma, lam=r.ks.lam, reference=ref,
+                     permutations=perms).fit(pos, E, numbers=entry.ds.numbers)
     else:
         model = MLHK(k.gamma, k.spacing, sigma=r.hk.sigma, lam=r.hk.lam, energy_sigma=r.energy.sigma,
-                     energy_lam=r.energy.lam, reference=ref).fit(pos, E, entry.U[r.train], numbers=entry.ds.numbers)
+                     energy_lam=r.energy.lam, reference=ref, permutations=perms).fit(pos, E, entry.U[r.train],
+                                                                                   numbers=entry.ds.numbers)
     progress(1, 1, "library fit")
     return model
