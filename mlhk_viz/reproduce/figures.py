@@ -184,7 +184,8 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     numbers = start["numbers"]
     key = {"molecule": mol, "training": models["training"], "M": models["M"], "duration_fs": duration_fs,
            "every_fs": every_fs,
-           "seed": seed, "forces": forces, "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
+           "seed": seed, "forces": forces, "orderings": 1 if model.permutations_ is None else len(model.permutations_),
+           "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
            "lam": float(np.atleast_1d(model.density_model_.lam_)[0])}
     traj_path = out / "fig3b-trajectory.npz"
     traj = None
