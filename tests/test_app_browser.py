@@ -238,7 +238,10 @@ def test_app_in_browser(browser, server):
     set_number(page, ".w-lam", 5)
     wait_knobs(page, m=12, hk_factor=1.0, hk_lam=0.1)
     assert float(page.locator(".w-lam input").first.input_value()) == -1.0
-    assert "log₁₀ λ: 5 is outside -14 … -1; using -1" in page.locator(".status pre").first.inner_text()
+    status = page.locator(".status pre").first
+    assert "log₁₀ λ: 5 is outside -14 … -1; using -1" in status.inner_text()
+    # the note and the fit summary do not fit one line at this width: the text wraps, nothing is cut off
+    assert status.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), status.inner_text()
     set_number(page, ".w-lam", -6)
     wait_knobs(page, m=12, hk_factor=1.0, hk_lam=1e-6)
 

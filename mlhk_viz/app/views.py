@@ -107,9 +107,9 @@ def controls(state) -> pn.Column:
         mf.options = {state.model_label(v): v for v in state.param.model_file.objects}
 
     state.param.watch(relabel, ["saved_path"])
-    rescan = pn.widgets.Button(name="↻ rescan folders", button_type="light", width=140, css_classes=["w-rescan"])
+    rescan = pn.widgets.Button(label="↻ rescan folders", color="light", width=140, css_classes=["w-rescan"])
     rescan.on_click(lambda e: (state.refresh_lists(), relabel()))
-    kind = pn.widgets.RadioButtonGroup.from_param(p.kind, name="Model", css_classes=["w-kind"], button_type="primary")
+    kind = pn.widgets.RadioButtonGroup.from_param(p.kind, name="Model", css_classes=["w-kind"], color="primary")
     gamma = pn.widgets.FloatSlider.from_param(p.gamma, name="γ (Å)", css_classes=["w-gamma"])
     spacing = pn.widgets.FloatSlider.from_param(p.spacing, name="Δ (Å)",
                                                 css_classes=["w-spacing"])
@@ -138,10 +138,10 @@ def controls(state) -> pn.Column:
     show = pn.widgets.CheckButtonGroup.from_param(p.show, name="Show", options=SHOW, css_classes=["w-show"])
     lay = pn.widgets.RadioButtonGroup.from_param(p.layout3d, name="Layout", css_classes=["w-layout"])
     unc = pn.widgets.Checkbox.from_param(p.uncertainty, name="Colour by predictive uncertainty", css_classes=["w-unc"])
-    save = pn.widgets.Button(name="Save model", button_type="success", css_classes=["w-save"])
+    save = pn.widgets.Button(label="Save model", color="success", css_classes=["w-save"])
     save.on_click(lambda e: state.save())
     saved = pn.widgets.FileDownload(callback=lambda: _read(state.saved_path), filename="model.npz",
-                                    label="Download saved model", button_type="light", css_classes=["w-model-download"],
+                                    label="Download saved model", color="light", css_classes=["w-model-download"],
                                     visible=False)
 
     def on_saved(*_):
@@ -189,7 +189,9 @@ def _chosen_html(result, kind):
 def status_bar(state) -> pn.Row:
     bar = pn.indicators.Progress(value=100, max=100, width=160, height=20, bar_color="info", css_classes=["progress"])
     stage = pn.pane.Str("", css_classes=["stage"], width=260, height=24)
-    text = pn.pane.Str("", css_classes=["status"], sizing_mode="stretch_width", height=24)
+    # long notices (a clamp message before the fit summary) wrap onto a second line instead of being cut
+    text = pn.pane.Str("", css_classes=["status"], sizing_mode="stretch_width", min_height=24,
+                       stylesheets=["pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }"])
 
     def upd(*_):
         bar.value = state.progress if state.busy else 100
@@ -200,7 +202,7 @@ def status_bar(state) -> pn.Row:
     state.param.watch(upd, ["progress", "stage", "busy", "status", "notice", "error"])
     upd()
     knobs = pn.pane.HTML(pn.bind(_result_knobs, state.param.result), width=0, height=0, margin=0)
-    return pn.Row(bar, stage, text, knobs, sizing_mode="stretch_width", height=34)
+    return pn.Row(bar, stage, text, knobs, sizing_mode="stretch_width", min_height=34)
 
 
 def _result_knobs(result):
@@ -538,8 +540,8 @@ def trajectory_plot(state):
 
 def md_panel(state):
     """Start and stop a short Langevin run on the current ML-HK model; its energy is drawn live."""
-    run = pn.widgets.Button(name="Run ML-HK MD", button_type="primary", css_classes=["w-md-run"], width=140)
-    stop = pn.widgets.Button(name="Stop", button_type="warning", css_classes=["w-md-stop"], width=80)
+    run = pn.widgets.Button(label="Run ML-HK MD", color="primary", css_classes=["w-md-run"], width=140)
+    stop = pn.widgets.Button(label="Stop", color="warning", css_classes=["w-md-stop"], width=80)
     dur = pn.widgets.IntInput.from_param(state.param.md_duration_fs, name="length (fs)", width=110,
                                          css_classes=["w-md-length"])
     temp = pn.widgets.IntInput.from_param(state.param.md_temperature_K, name="T (K)", width=90,
