@@ -88,6 +88,10 @@ def test_reproduce_table2_on_a_small_subset_end_to_end(tmp_path, capsys):
     assert [p["M"] for p in curve["points"]] == [10, 12]
     assert 0 < dens["density_l1_mean"] < 0.2 and dens["truncation_error_mean"] > 0
     np.testing.assert_allclose(l1, density_l1(fixed, test.positions[te[:3]], test.coefficients(rows=te[:3])), rtol=0.05)
+    from PIL import Image
+
+    with Image.open(tmp_path / "table2_curve.png") as im:  # one panel (ethane) of the learning-curve figure
+        assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
     md = (tmp_path / "table2.md").read_text()
     assert "| ethane | 300 K | 12 |" in md and "GPWNO 3.67" in md and "(0.2)" in md
 

@@ -97,7 +97,8 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     """Compute Table 2 (and learning curves) from the PBE data that exist; write its files to ``out``.
 
     Files: ``table2.json`` (rows ``{molecule, training, quantity, mae, max, M, n_test}``, kcal/mol),
-    ``table2_curve.json`` (MAE against M and the power-law fits), ``density_error.json`` and
+    ``table2_curve.json`` (MAE against M and the power-law fits) and its plot ``table2_curve.png``,
+    ``density_error.json`` and
     ``table2.md`` (everything beside the paper's values). ``m`` caps the training size (default: all
     that exist). Molecules or trainings without data are reported as missing, not an error.
     """
@@ -138,9 +139,53 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     (out / "density_error.json").write_text(json.dumps(dens, indent=1))
     md = format_markdown(rows, curves, dens, missing)
     (out / "table2.md").write_text(md)
+    if curves:
+        plot_curves(curves, out / "table2_curve.png")
     log(md)
-    log(f"wrote {out / 'table2.md'}, table2.json, table2_curve.json, density_error.json in {time.perf_counter() - t0:.0f} s")
+    log(f"wrote {out / 'table2.md'}, table2.json, table2_curve.json, table2_curve.png, density_error.json in "
+        f"{time.perf_counter() - t0:.0f} s")
     return {"rows": rows, "curves": curves, "density": dens, "missing": missing}
+
+
+def plot_curves(curves, path) -> Path:
+    """Learning curves as a PNG: ML-HK ΔE MAE against M (log-log), one panel per molecule.
+
+    Each training combination is a solid line through its points, its power-law fit (the one
+    :func:`power_law` made, over the last points) dashed on to M = 2000, and the paper's M = 2000
+    value a star in the same colour: where a dashed line ends below its star, the table is on track.
+    ``curves``: the list written to ``table2_curve.json``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mols = [m for m in MOLECULES if any(c["molecule"] == m for c in curves)]
+    fig, axes = plt.subplots(1, len(mols), figsize=(4.2 * len(mols), 3.8), squeeze=False, sharey=True)
+    colours = dict(zip(TRAININGS, ("tab:blue", "tab:orange", "tab:green")))
+    for ax, mol in zip(axes[0], mols):
+        for c in (c for c in curves if c["molecule"] == mol):
+            tr, col = c["training"], colours.get(c["training"], "k")
+            ms = np.array([p["M"] for p in c["points"]], float)
+            ax.loglog(ms, [p["mlhk_dE"] for p in c["points"]], "o-", color=col, ms=4, label=f"{tr} K")
+            f = c["fit"].get("mlhk_dE")
+            if f and f["mae_at_2000"] is not None:
+                mm = np.geomspace(ms[-f["points"]], TARGET_M, 20)
+                ax.loglog(mm, f["a"] * mm ** -f["b"], "--", color=col, lw=1)
+            paper = TABLE2.get((mol, tr), {}).get("mlhk_dE")
+            if paper:
+                ax.loglog([TARGET_M], [paper[0]], "*", color=col, ms=12, mec="k", mew=0.5)
+        ax.set_title(mol)
+        ax.set_xlabel("training size M")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, title="training", title_fontsize=8)
+    axes[0][0].set_ylabel("ML-HK ΔE MAE (kcal/mol)")
+    fig.suptitle("Table 2 learning curves: ours (solid), power-law fit (dashed), paper at M = 2000 (star)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def format_markdown(rows, curves, dens, missing=()) -> str:
