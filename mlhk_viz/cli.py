@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -109,8 +110,16 @@ def _cmd_reproduce(args) -> int:
             print(f"mlhk-viz reproduce fig3b: --molecules takes one of {', '.join(table2.MOLECULES)}, got {mol!r}",
                   file=sys.stderr)
             return 2
-        figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, progress=bar,
-                      log=print)
+        params = {}
+        for name, v in (("lam", args.lam), ("energy_lam", args.energy_lam)):
+            if v is not None:
+                if not (math.isfinite(v) and v > 0):
+                    print(f"mlhk-viz reproduce fig3b: --{name.replace('_', '-')} must be a positive number, got {v}",
+                          file=sys.stderr)
+                    return 2
+                params[name] = v
+        figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, params=params,
+                      progress=bar, log=print)
     else:
         getattr(figures, args.what)(Path(args.out), data_dir, md_dir, m=args.m, progress=bar, log=print)
     bar.close()
@@ -175,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "fig3b: the one molecule to run (default malonaldehyde, the paper's)")
     r.add_argument("--forces", default="fd", choices=("fd", "analytic"),
                    help="fig3b: central finite differences of the ML energy (the paper's, default) or the exact gradient")
+    r.add_argument("--lam", type=float, help="fig3b: fix the density model's ridge λ (default: LOO CV)")
+    r.add_argument("--energy-lam", type=float,
+                   help="fig3b: fix the energy functional's ridge λ (default: LOO CV); σ stays chosen by CV")
     r.set_defaults(func=_cmd_reproduce)
 
     a = sub.add_parser("assemble", help="one data set of an MD molecule's PBE frames (pool, test, trace) for the app")

@@ -32,6 +32,33 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--molecules", "water"]) == 2
     err = capsys.readouterr().err
     assert "one of benzene, ethane, malonaldehyde, got 'water'" in err and not (tmp_path / "o").exists()
+    for flag, v in (("--energy-lam", "-1e-4"), ("--lam", "nan")):
+        assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), f"{flag}={v}"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} must be a positive number" in err and not (tmp_path / "o").exists()
+
+
+def test_fit_models_fixed_hyperparameters_are_used_and_the_rest_cross_validated():
+    """fig3b's ``params``: a fixed λ is the one fitted; σ is still LOO-chosen from the grid, and the
+    model equals an explicit MLHK fit with that (σ, λ) on the same frames."""
+    import numpy as np
+
+    from mlhk_viz.models import MLHK
+    from mlhk_viz.reproduce import figures
+
+    root = Path(__file__).resolve().parent.parent
+    data, md = root / "data", root / "data" / "md"
+    free = figures.fit_models("ethane", data, md, m=15, kinds=("mlhk",))["mlhk"]
+    fixed = figures.fit_models("ethane", data, md, m=15, kinds=("mlhk",), params={"energy_lam": 1e-3})["mlhk"]
+    assert fixed.energy_hyper_.lam == 1e-3 and free.energy_hyper_.lam != 1e-3
+    assert fixed.energy_hyper_.cv is not None and fixed.energy_hyper_.sigma in fixed.energy_hyper_.cv.sigmas
+    label, ds, idx = figures.training_set("ethane", data, md, 15)
+    explicit = MLHK(reference=fixed.reference, permutations=fixed.permutations, sigma=fixed.density_hyper_.sigma,
+                    lam=fixed.density_hyper_.lam, energy_sigma=fixed.energy_hyper_.sigma, energy_lam=1e-3).fit(
+        ds.positions[idx], ds.energies[idx], ds.coefficients(rows=idx), numbers=ds.numbers)
+    x = ds.positions[idx][:3] + 0.01
+    np.testing.assert_allclose(fixed.predict(x), explicit.predict(x), rtol=0, atol=1e-9)
+    assert np.abs(fixed.predict(x) - free.predict(x)).max() > 1e-9
 
 
 def test_power_law_fit_recovers_an_exact_power_law():

@@ -48,11 +48,12 @@ def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
 
 
 def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relabel: bool = True,
-               progress: Progress = null_progress):
+               params: dict | None = None, progress: Progress = null_progress):
     """ML-HK (and ML-KS) fitted on :func:`training_set`, aligning new geometries onto the MD reference.
 
     ``relabel``: new geometries are also relabelled like the training frames were (methyl turns, ring
     rotations; malonaldehyde's tautomer swap), :func:`~mlhk_viz.reference.forcefield.equivalent_orderings`.
+    ``params``: fixed ML-HK hyperparameters (e.g. ``{"lam": 1e-8, "energy_lam": 1e-4}``); the rest by LOO CV.
     """
     from ..reference.forcefield import equivalent_orderings
     from ..reference.md import load_trajectory
@@ -62,7 +63,7 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relab
     perms = equivalent_orderings(molecule) if relabel else None
     out = {"training": label, "M": int(len(idx))}
     if "mlhk" in kinds:
-        out["mlhk"] = MLHK(reference=ref, permutations=perms).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx),
+        out["mlhk"] = MLHK(reference=ref, permutations=perms, **(params or {})).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx),
                                              numbers=ds.numbers, progress=progress)
     if "mlks" in kinds:
         out["mlks"] = MLKS(reference=ref, permutations=perms).fit(ds.positions[idx], ds.energies[idx], numbers=ds.numbers)
@@ -162,8 +163,14 @@ def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progres
 
 def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: float = 5.0,
           pbe_every_fs: float = 50.0, forces: str = "fd", seed: int = 0, n_workers: int = 2,
-          molecule: str = "malonaldehyde", progress: Progress = null_progress, log=print) -> dict:
+          molecule: str = "malonaldehyde", params: dict | None = None, progress: Progress = null_progress,
+          log=print) -> dict:
     """ML-HK-driven Langevin MD of ``molecule`` (the paper: malonaldehyde) and PBE single points on its snapshots.
+
+    ``params``: fixed ML-HK hyperparameters (see :func:`fit_models`). LOO CV picks the ridge λ that
+    interpolates best between training frames; MD also goes between and a little beyond them, where a
+    smaller λ leaves deeper spurious wells (docs/reproduce.md, session 7), so a larger fixed λ can be
+    the difference between a run that breaks and one that lasts.
 
     ``forces="fd"`` is the paper's central finite differences (ε = 0.001 Å); ``"analytic"`` gives
     the same forces to 1e-6 relative at one evaluation per step. The trajectory is saved as
@@ -178,7 +185,7 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mol = molecule
-    models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), progress=progress)
+    models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params, progress=progress)
     model = models["mlhk"]
     start = load_trajectory(Path(md_dir) / f"{mol}-test-300K.npz")
     numbers = start["numbers"]
@@ -186,7 +193,9 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
            "every_fs": every_fs,
            "seed": seed, "forces": forces, "orderings": 1 if model.permutations_ is None else len(model.permutations_),
            "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
-           "lam": float(np.atleast_1d(model.density_model_.lam_)[0])}
+           "lam": float(np.atleast_1d(model.density_model_.lam_)[0]),
+           "energy_sigma": float(model.energy_hyper_.sigma), "energy_lam": float(model.energy_hyper_.lam),
+           "fixed": sorted(params or {})}
     traj_path = out / "fig3b-trajectory.npz"
     traj = None
     if traj_path.is_file():
