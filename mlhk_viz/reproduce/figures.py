@@ -63,8 +63,9 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relab
     perms = equivalent_orderings(molecule) if relabel else None
     out = {"training": label, "M": int(len(idx))}
     if "mlhk" in kinds:
-        out["mlhk"] = MLHK(reference=ref, permutations=perms, **(params or {})).fit(ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx),
-                                             numbers=ds.numbers, progress=progress)
+        out["mlhk"] = MLHK(reference=ref, permutations=perms, **(params or {})).fit(
+            ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx), numbers=ds.numbers,
+            progress=progress)
     if "mlks" in kinds:
         out["mlks"] = MLKS(reference=ref, permutations=perms).fit(ds.positions[idx], ds.energies[idx], numbers=ds.numbers)
     return out
