@@ -98,8 +98,7 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
 
     Files: ``table2.json`` (rows ``{molecule, training, quantity, mae, max, M, n_test}``, kcal/mol),
     ``table2_curve.json`` (MAE against M and the power-law fits) and its plot ``table2_curve.png``,
-    ``density_error.json`` and
-    ``table2.md`` (everything beside the paper's values). ``m`` caps the training size (default: all
+    ``density_error.json`` and ``table2.md`` (everything beside the paper's values). ``m`` caps the training size (default: all
     that exist). Molecules or trainings without data are reported as missing, not an error.
     """
     out = Path(out)
