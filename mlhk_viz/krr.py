@@ -581,6 +581,11 @@ class CVResult:
     best_error : float (shared, = errors at the best pair) or ndarray (L,) (per output)
     output_errors : ndarray (n_sigma, n_lam, L) or None
         Only when ``cv_grid(..., keep_output_errors=True)`` with ``per_output=True``.
+    std_errors : ndarray (n_sigma, n_lam) or None
+        Shared choice only: standard error of ``errors``, i.e. the sample standard deviation of
+        the per-sample held-out squared errors (summed over outputs) over sqrt(M).
+    rule : str
+        ``"min"`` or ``"1se"``, how the best pair was chosen (see :func:`cv_grid`).
 
     Ties are broken towards the first (sigma, lambda) in row-major grid order.
     """
@@ -596,6 +601,8 @@ class CVResult:
     best_lam_index: int | np.ndarray
     best_error: float | np.ndarray
     output_errors: np.ndarray | None = None
+    std_errors: np.ndarray | None = None
+    rule: str = "min"
 
 
 def cv_grid(
@@ -608,6 +615,7 @@ def cv_grid(
     center: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
     keep_output_errors: bool = False,
+    rule: str = "min",
 ) -> CVResult:
     """Grid search of (sigma, lambda) by exact closed-form cross-validation.
 
@@ -626,6 +634,13 @@ def cv_grid(
         ``total = n_sigma`` and ``stage`` = ``"loo"`` or ``"<k>-fold"``.
     keep_output_errors : with ``per_output``, also keep the (n_sigma, n_lam, L) errors
         (memory n_sigma * n_lam * L * 8 bytes; off by default).
+    rule : ``"min"`` takes the pair with the lowest CV error. ``"1se"`` (shared choice only) is
+        the one-standard-error rule (Hastie, Tibshirani & Friedman, ESL 7.10): among the pairs
+        whose CV error is within one standard error of the minimum (standard error of the
+        per-sample held-out squared errors at the minimum), the largest lambda, then the
+        largest sigma, i.e. the smoothest model the data cannot tell apart from the best.
+        With hundreds of near-duplicate training points LOO's minimum sits at a vanishing
+        lambda that interpolates; ``"1se"`` keeps the ridge that generalisation needs.
 
     Returns
     -------
@@ -637,6 +652,11 @@ def cv_grid(
     sigmas = _check_grid(sigmas, "sigmas")
     lams = _check_grid(lams, "lams")
     cv = _check_cv(cv, M)
+    if rule not in ("min", "1se"):
+        raise ValueError(f"rule must be 'min' or '1se'; got {rule!r}")
+    if rule == "1se" and per_output:
+        raise ValueError("rule='1se' needs a shared choice (per_output=False): the per-output errors are "
+                         "reduced on the fly, without the per-sample errors a standard error needs")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be callable or None; got {type(progress).__name__}")
     label = _cv_label(cv)
@@ -651,18 +671,29 @@ def cv_grid(
             Yb = _centred_block(Y, offset, blk)
             S += Yb @ Yb.T
         T = _gram_factor(S)
+        std_err = np.zeros((n_s, n_l))
         for i, s in enumerate(sigmas):
             e, Q = _eigh_psd(_gauss(D, s), name=f"kernel matrix at sigma={s:.6g}")
             TQ = Q.T @ T
             for j, lam in enumerate(lams):
-                errors[i, j] = np.square(_residual_map(e, Q, lam, cv) @ TQ).sum() / M
+                # row r of (residual map) @ TQ holds sample r's held-out residuals, rotated
+                per_sample = np.square(_residual_map(e, Q, lam, cv) @ TQ).sum(axis=1)
+                errors[i, j] = per_sample.mean()
+                std_err[i, j] = per_sample.std(ddof=1) / np.sqrt(M) if M > 1 else 0.0
             if progress is not None:
                 progress(i + 1, n_s, label)
         i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
+        if rule == "1se":
+            within = errors <= errors[i, j] + std_err[i, j]
+            cols = np.flatnonzero(within.any(axis=0))
+            j = int(cols[np.argmax(lams[cols])])
+            rows = np.flatnonzero(within[:, j])
+            i = int(rows[np.argmax(sigmas[rows])])
         return CVResult(
             sigmas=sigmas, lams=lams, errors=errors, per_output=False, cv=label,
             best_sigma=float(sigmas[i]), best_lam=float(lams[j]),
             best_sigma_index=int(i), best_lam_index=int(j), best_error=float(errors[i, j]),
+            std_errors=std_err, rule=rule,
         )
 
     best_err = np.full(L, np.inf)

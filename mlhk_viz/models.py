@@ -90,17 +90,23 @@ class HyperChoice:
     cv: object | None = None  # krr.CVResult
 
 
-def _choose(D, Y, sigma, lam, sigma_factors, lams, cv, per_output, progress, stage) -> HyperChoice:
-    """Use given (sigma, lam) or pick them by CV on the training set only."""
+def _choose(D, Y, sigma, lam, sigma_factors, lams, cv, per_output, progress, stage, rule="min") -> HyperChoice:
+    """Use given (sigma, lam) or pick them by CV on the training set only (``rule``: see ``krr.cv_grid``)."""
     if sigma is not None and lam is not None:
         return HyperChoice(sigma, lam)
     med = _median_distance(D)
     sigmas = np.array([sigma], float) if sigma is not None else np.asarray(sigma_factors, float) * med
     lam_grid = np.array([lam], float) if lam is not None else np.asarray(lams, float)
     folds = "loo" if cv == "loo" else kfold_indices(len(D), int(cv), seed=0)
-    res = cv_grid(D, Y, sigmas, lam_grid, cv=folds, per_output=per_output,
+    res = cv_grid(D, Y, sigmas, lam_grid, cv=folds, per_output=per_output, rule=rule,
                   progress=lambda d, t, s: progress(d, t, stage))
     return HyperChoice(res.best_sigma, res.best_lam, res)
+
+
+def _check_rule(rule) -> str:
+    if rule not in ("min", "1se"):
+        raise ValueError(f"cv_rule must be 'min' (lowest CV error) or '1se' (one-standard-error rule), got {rule!r}")
+    return rule
 
 
 class _Base(BaseEstimator, RegressorMixin):
@@ -171,6 +177,10 @@ class MLKS(_Base):
         training set over ``sigma_factors`` x (median training distance) and ``lams``.
     cv : "loo" or int
         Leave-one-out (closed form) or k-fold CV.
+    cv_rule : "min" or "1se"
+        Take the (sigma, lam) with the lowest CV error (the paper), or the smoothest one within
+        one standard error of it (:func:`mlhk_viz.krr.cv_grid`): more ridge where the CV error
+        is flat, which large training sets of near-duplicate MD frames need.
     reference : (n_atoms, 3) array or None
         Geometry to Kabsch-align every input onto (Å); None uses inputs as given.
     permutations : (P, n_atoms) int array or None
@@ -181,10 +191,10 @@ class MLKS(_Base):
     """
 
     def __init__(self, gamma=0.2, spacing=0.08, sigma=None, lam=None, cv="loo", sigma_factors=SIGMA_FACTORS,
-                 lams=LAMBDAS, reference=None, permutations=None):
+                 lams=LAMBDAS, reference=None, permutations=None, cv_rule="min"):
         self.gamma, self.spacing, self.sigma, self.lam, self.cv = gamma, spacing, sigma, lam, cv
         self.sigma_factors, self.lams, self.reference = sigma_factors, lams, reference
-        self.permutations = permutations
+        self.permutations, self.cv_rule = permutations, cv_rule
 
     def fit(self, X, y, numbers=None, progress: Progress = null_progress):
         """Fit on molecules ``X`` and energies ``y`` ``(n,)`` Hartree."""
@@ -194,7 +204,7 @@ class MLKS(_Base):
         D = self.potential_.sq_distances(pos, None, self.numbers_, self.axes_)
         progress(1, 1, "descriptor")
         self.hyper_ = _choose(D, y[:, None], self.sigma, self.lam, self.sigma_factors, self.lams, self.cv,
-                              False, progress, "energy CV")
+                              False, progress, "energy CV", _check_rule(self.cv_rule))
         self.model_ = KernelRidgeModel().fit(D, y[:, None], self.hyper_.sigma, self.hyper_.lam)
         return self
 
@@ -220,23 +230,28 @@ class MLHK(_Base):
         Energy functional's kernel width (in density-L2 units) and ridge; None: by CV.
     energy_features : "predicted" or "dft"
         Train the functional on the model's own in-sample densities (Eq. 13) or on the DFT ones.
-    cv, sigma_factors, lams, reference, permutations : as in :class:`MLKS`.
+    cv, cv_rule, sigma_factors, lams, reference, permutations : as in :class:`MLKS` (``cv_rule``
+        applies to the density model and the energy functional alike; ``"1se"`` needs
+        ``per_coefficient=False``).
     basis : FourierBasis
         The density basis (for densities on grids and electron counts).
     """
 
     def __init__(self, gamma=0.2, spacing=0.08, sigma=None, lam=None, per_coefficient=False, energy_sigma=None,
                  energy_lam=None, energy_features="predicted", cv="loo", sigma_factors=SIGMA_FACTORS, lams=LAMBDAS,
-                 reference=None, basis=FourierBasis(), permutations=None):
+                 reference=None, basis=FourierBasis(), permutations=None, cv_rule="min"):
         self.gamma, self.spacing, self.sigma, self.lam = gamma, spacing, sigma, lam
         self.per_coefficient, self.energy_sigma, self.energy_lam = per_coefficient, energy_sigma, energy_lam
         self.energy_features, self.cv, self.sigma_factors, self.lams = energy_features, cv, sigma_factors, lams
         self.reference, self.basis, self.permutations = reference, basis, permutations
+        self.cv_rule = cv_rule
 
     def fit(self, X, y, coefficients, numbers=None, progress: Progress = null_progress):
         """Fit on molecules ``X``, energies ``y`` ``(n,)`` Hartree and DFT coefficients ``(n, basis.size)``."""
         if self.energy_features not in ("predicted", "dft"):
             raise ValueError(f"energy_features must be 'predicted' or 'dft', got {self.energy_features!r}")
+        if _check_rule(self.cv_rule) == "1se" and self.per_coefficient and (self.sigma is None or self.lam is None):
+            raise ValueError("cv_rule='1se' chooses one (sigma, lam) for all coefficients: it needs per_coefficient=False")
         pos = self._prepare_fit(X, numbers, densities=True)
         y = _targets(y, len(pos), "y (energies)")
         U = _targets(coefficients, len(pos), "coefficients", self.basis.size)
@@ -244,7 +259,7 @@ class MLHK(_Base):
         D = self.potential_.sq_distances(pos, None, self.numbers_, self.axes_)
         progress(1, 1, "descriptor")
         self.density_hyper_ = _choose(D, U, self.sigma, self.lam, self.sigma_factors, self.lams, self.cv,
-                                      self.per_coefficient, progress, "density CV")
+                                      self.per_coefficient, progress, "density CV", self.cv_rule)
         progress(0, 1, "density solve")
         self.density_model_ = KernelRidgeModel().fit(D, U, self.density_hyper_.sigma, self.density_hyper_.lam)
         progress(1, 1, "density solve")
@@ -256,7 +271,7 @@ class MLHK(_Base):
         self.energy_features_ = F
         DF = sq_feature_distances(F)
         self.energy_hyper_ = _choose(DF, y[:, None], self.energy_sigma, self.energy_lam, self.sigma_factors,
-                                     self.lams, self.cv, False, progress, "energy CV")
+                                     self.lams, self.cv, False, progress, "energy CV", self.cv_rule)
         self.energy_model_ = KernelRidgeModel().fit(DF, y[:, None], self.energy_hyper_.sigma, self.energy_hyper_.lam)
 
     # -- prediction ---------------------------------------------------------------

@@ -219,6 +219,52 @@ def test_cv_grid_shared_and_per_output_against_brute_force(data, cv):
     assert len(set(zip(bi.tolist(), bj.tolist()))) > 1
 
 
+@pytest.mark.parametrize("cv", ["loo", "kfold"])
+def test_cv_grid_one_standard_error_rule_against_sklearn_refits(data, cv):
+    """The 1-SE choice recomputed from per-sample held-out errors of explicit sklearn refits."""
+    folds = LOO if cv == "loo" else kfold_indices(M, 6, seed=3)
+    cvarg = "loo" if cv == "loo" else folds
+    sigmas, lams = [0.9, 0.3, 1.6, 0.5], [1e-1, 1e-6, 1e-3, 1e-2, 1.0, 1e-4]  # unsorted on purpose
+    Y = data["Y"]
+    per_sample = np.empty((len(sigmas), len(lams), M))
+    for i, s in enumerate(sigmas):
+        for j, lam in enumerate(lams):
+            R = np.empty_like(Y)
+            for F in folds:
+                tr = np.setdiff1d(np.arange(M), F)
+                off = Y.mean(axis=0)  # cv_grid centres once, on all M (a constant during CV)
+                kr = KernelRidge(alpha=lam, kernel="rbf", gamma=1.0 / (2 * s**2)).fit(data["X"][tr], Y[tr] - off)
+                R[F] = Y[F] - off - kr.predict(data["X"][F])
+            per_sample[i, j] = (R**2).sum(axis=1)
+    mean = per_sample.mean(axis=2)
+    se = per_sample.std(axis=2, ddof=1) / np.sqrt(M)
+    i0, j0 = np.unravel_index(np.argmin(mean), mean.shape)
+    ok = mean <= mean[i0, j0] + se[i0, j0]
+    lam_1se = max(lams[j] for j in range(len(lams)) if ok[:, j].any())
+    j1 = lams.index(lam_1se)
+    sig_1se = max(sigmas[i] for i in range(len(sigmas)) if ok[i, j1])
+
+    res = cv_grid(data["D"], Y, sigmas, lams, cv=cvarg, rule="1se")
+    rel_close(res.errors, mean, 1e-7)
+    rel_close(res.std_errors, se, 1e-6)
+    assert res.rule == "1se"
+    assert (res.best_sigma, res.best_lam) == (sig_1se, lam_1se)
+    assert res.best_error == pytest.approx(mean[sigmas.index(sig_1se), j1], rel=1e-7)
+    # the rule can only add ridge, never take it away
+    best = cv_grid(data["D"], Y, sigmas, lams, cv=cvarg)
+    assert best.rule == "min" and (best.best_sigma, best.best_lam) == (sigmas[i0], lams[j0])
+    assert res.best_lam >= best.best_lam and res.best_error <= best.best_error + se[i0, j0] * (1 + 1e-9)
+    # and here it does: the noise-free-ish data still leave a flat valley
+    assert (res.best_sigma, res.best_lam) != (best.best_sigma, best.best_lam)
+
+
+def test_cv_grid_rule_errors(data):
+    with pytest.raises(ValueError, match="rule must be 'min' or '1se'; got 'best'"):
+        cv_grid(data["D"], data["Y"], SIGMAS, LAMS, rule="best")
+    with pytest.raises(ValueError, match="needs a shared choice"):
+        cv_grid(data["D"], data["Y"], SIGMAS, LAMS, per_output=True, rule="1se")
+
+
 def test_cv_grid_ties_go_to_first_grid_point(data):
     """A constant output has zero CV error everywhere: the first (sigma, lambda) wins."""
     Y = data["Y"].copy()

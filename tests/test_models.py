@@ -153,3 +153,42 @@ def test_predictive_variance_vanishes_at_training_points(h2, h2_split):
             ks = np.exp(-m.descriptor_distances(h2.positions[test]) / (2 * s * s))
             ref = 1 - np.einsum("ij,ij->i", ks, np.linalg.solve(K + lam * np.eye(len(K)), ks.T).T)
             np.testing.assert_allclose(v_test, np.maximum(ref, 0), atol=1e-8)
+
+
+def test_cv_rule_1se_picks_the_krr_rule_and_equals_explicit_refit(h2, h2_split):
+    """cv_rule='1se' uses krr.cv_grid's rule on the same distances, and the model is the fixed-(σ, λ) refit."""
+    from mlhk_viz.krr import cv_grid
+    from mlhk_viz.models import SIGMA_FACTORS, LAMBDAS, sq_feature_distances
+
+    train, test = h2_split
+    U, E, X = h2.coefficients(), h2.energies, h2.positions
+    m = MLHK(cv_rule="1se").fit(X[train], E[train], U[train], numbers=h2.numbers)
+    D = m.potential_.sq_distances(m.X_fit_, None, m.numbers_, m.axes_)
+    med = np.sqrt(np.median(D[np.triu_indices(len(D), 1)]))
+    ref = cv_grid(D, U[train], np.asarray(SIGMA_FACTORS) * med, LAMBDAS, rule="1se")
+    assert (m.density_hyper_.sigma, m.density_hyper_.lam) == pytest.approx((ref.best_sigma, ref.best_lam))
+    assert m.density_hyper_.cv.rule == "1se"
+    lo = MLHK().fit(X[train], E[train], U[train], numbers=h2.numbers)
+    assert m.density_hyper_.lam >= lo.density_hyper_.lam  # same distances: the rule only adds ridge
+    eref = cv_grid(sq_feature_distances(m.energy_features_), E[train][:, None],
+                   np.asarray(SIGMA_FACTORS) * np.sqrt(np.median(sq_feature_distances(m.energy_features_)[
+                       np.triu_indices(len(train), 1)])), LAMBDAS, rule="1se")
+    assert (m.energy_hyper_.sigma, m.energy_hyper_.lam) == pytest.approx((eref.best_sigma, eref.best_lam))
+    fixed = MLHK(sigma=m.density_hyper_.sigma, lam=m.density_hyper_.lam, energy_sigma=m.energy_hyper_.sigma,
+                 energy_lam=m.energy_hyper_.lam).fit(X[train], E[train], U[train], numbers=h2.numbers)
+    np.testing.assert_array_equal(m.predict(X[test]), fixed.predict(X[test]))
+    ks = MLKS(cv_rule="1se").fit(X[train], E[train], numbers=h2.numbers)
+    assert ks.hyper_.cv.rule == "1se" and ks.get_params()["cv_rule"] == "1se"
+
+
+def test_cv_rule_bad_values_and_round_trip(tmp_path, h2, h2_split):
+    train, test = h2_split
+    U, E, X = h2.coefficients(), h2.energies, h2.positions
+    with pytest.raises(ValueError, match="cv_rule must be 'min'.*got 'median'"):
+        MLKS(cv_rule="median").fit(X[train], E[train], numbers=h2.numbers)
+    with pytest.raises(ValueError, match="needs per_coefficient=False"):
+        MLHK(cv_rule="1se", per_coefficient=True).fit(X[train], E[train], U[train], numbers=h2.numbers)
+    m = MLKS(cv_rule="1se").fit(X[train], E[train], numbers=h2.numbers)
+    back = load_model(save_model(m, tmp_path / "ks.npz"))
+    assert back.cv_rule == "1se"
+    np.testing.assert_array_equal(back.predict(X[test]), m.predict(X[test]))
