@@ -103,7 +103,8 @@ def _cmd_reproduce(args) -> int:
         table1.run(Path(args.out), data_dir=data_dir, curve_max=args.curve_max, progress=bar, log=print)
     elif args.what == "table2":
         molecules = tuple(args.molecules.split(",")) if args.molecules else table2.MOLECULES
-        table2.run(Path(args.out), data_dir, md_dir, m=args.m, molecules=molecules, progress=bar, log=print)
+        table2.run(Path(args.out), data_dir, md_dir, m=args.m, molecules=molecules,
+                   params={"cv_rule": args.cv_rule} if args.cv_rule != "min" else None, progress=bar, log=print)
     elif args.what == "fig3b":
         mol = args.molecules or "malonaldehyde"
         if mol not in table2.MOLECULES:
@@ -118,6 +119,8 @@ def _cmd_reproduce(args) -> int:
                           file=sys.stderr)
                     return 2
                 params[name] = v
+        if args.cv_rule != "min":
+            params["cv_rule"] = args.cv_rule
         figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, params=params,
                       progress=bar, log=print)
     else:
@@ -187,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lam", type=float, help="fig3b: fix the density model's ridge λ (default: LOO CV)")
     r.add_argument("--energy-lam", type=float,
                    help="fig3b: fix the energy functional's ridge λ (default: LOO CV); σ stays chosen by CV")
+    r.add_argument("--cv-rule", default="min", choices=("min", "1se"),
+                   help="table2/fig3b: ML-HK hyperparameters with the lowest LOO error (the paper's, default) or by "
+                        "the one-standard-error rule (the smoothest within one standard error of it)")
     r.set_defaults(func=_cmd_reproduce)
 
     a = sub.add_parser("assemble", help="one data set of an MD molecule's PBE frames (pool, test, trace) for the app")

@@ -123,6 +123,45 @@ def test_reproduce_table2_on_a_small_subset_end_to_end(tmp_path, capsys):
     assert "| ethane | 300 K | 12 |" in md and "GPWNO 3.67" in md and "(0.2)" in md
 
 
+def test_table2_one_standard_error_rule_reaches_the_models():
+    """``params={"cv_rule": "1se"}``: the table's errors are those of MLHK(cv_rule='1se') on the same frames."""
+    import numpy as np
+
+    from mlhk_viz.evaluation import KCAL_PER_HARTREE
+    from mlhk_viz.models import MLHK
+    from mlhk_viz.reproduce.table2 import fit_and_score, load_sets
+
+    root = Path(__file__).resolve().parent.parent
+    test, trains = load_sets("ethane", root / "data", root / "data" / "md")
+    tr = trains["300"]
+    r = fit_and_score(tr, test, 40, params={"cv_rule": "1se"})
+    idx = np.flatnonzero(tr.converged)[:40]
+    U = tr.coefficients(rows=idx)
+    one = MLHK(cv_rule="1se").fit(tr.positions[idx], tr.energies[idx], U, numbers=tr.numbers)
+    low = MLHK().fit(tr.positions[idx], tr.energies[idx], U, numbers=tr.numbers)
+    te = np.flatnonzero(test.converged)
+    err = np.abs(one.predict(test.positions[te]) - test.energies[te]) * KCAL_PER_HARTREE
+    np.testing.assert_allclose(np.abs(r["errors"]["mlhk_dE"]), err, rtol=1e-6, atol=1e-9)
+    assert r["model"].density_hyper_.lam == one.density_hyper_.lam >= low.density_hyper_.lam
+
+
+def test_cli_cv_rule_is_passed_on_and_checked(tmp_path, capsys, monkeypatch):
+    from mlhk_viz.reproduce import table2
+
+    seen = []
+    monkeypatch.setattr(table2, "run", lambda *a, **k: seen.append(k.get("params")))
+    assert main(["reproduce", "table2", "--out", str(tmp_path / "a"), "--cv-rule", "1se"]) == 0
+    assert main(["reproduce", "table2", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [{"cv_rule": "1se"}, None]
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "table2", "--out", str(tmp_path / "o"), "--cv-rule", "median"])
+    assert exc.value.code == 2 and "invalid choice: 'median'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    md = table2.format_markdown([], [], [], params={"cv_rule": "1se", "energy_lam": 1e-4})
+    assert "one-standard-error rule" in md and "fixed: energy_lam = 0.0001" in md
+    assert "lowest CV error (the paper's protocol)" in table2.format_markdown([], [], [])
+
+
 @pytest.mark.slow
 def test_fig3b_machinery_on_a_short_ethane_run(tmp_path):
     """ML-HK MD, PBE single points on its snapshots, CSV/PNG; a rerun reuses both (small: 10 fs of ethane)."""

@@ -1,6 +1,6 @@
 """How long ML-HK-driven MD stays intact against the training size (Fig. 3b's protocol).
 
-``python docs/scripts/md_stability.py [malonaldehyde] [--m 60 100 140 200] [--seeds 5] [--by-index] [--lam L] [--energy-lam L]``
+``python docs/scripts/md_stability.py [malonaldehyde] [--m 60 100 140 200] [--seeds 5] [--by-index] [--lam L] [--energy-lam L] [--cv-rule 1se]``
 
 For each M (the first M PBE frames of the training set that ``mlhk-viz reproduce fig3b`` uses),
 fits ML-HK once and runs the paper's 1 ps, 300 K Langevin MD (0.5 fs, friction 0.01, analytic
@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--duration", type=float, default=1000.0, help="fs")
     ap.add_argument("--lam", type=float, help="fix the density model's ridge λ (default: LOO CV)")
     ap.add_argument("--energy-lam", type=float, help="fix the energy functional's ridge λ (default: LOO CV)")
+    ap.add_argument("--cv-rule", default="min", choices=("min", "1se"),
+                    help="how LOO CV picks what is not fixed: lowest error (default) or one-standard-error rule")
     ap.add_argument("--by-index", action="store_true",
                     help="align atoms by index only (no relabelling with the molecule's equivalent orderings)")
     a = ap.parse_args()
@@ -42,7 +44,8 @@ def main():
     for m in a.m:
         t0 = time.perf_counter()
         models = fit_models(a.molecule, data, md, m, kinds=("mlhk",), relabel=not a.by_index,
-                            params={k: v for k, v in (("lam", a.lam), ("energy_lam", a.energy_lam)) if v is not None})
+                            params={k: v for k, v in (("lam", a.lam), ("energy_lam", a.energy_lam), ("cv_rule", a.cv_rule))
+                                    if v is not None})
         fit_s = time.perf_counter() - t0
         lasted, md_s = [], []
         for seed in range(a.seeds):

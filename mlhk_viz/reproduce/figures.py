@@ -196,7 +196,8 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
            "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
            "lam": float(np.atleast_1d(model.density_model_.lam_)[0]),
            "energy_sigma": float(model.energy_hyper_.sigma), "energy_lam": float(model.energy_hyper_.lam),
-           "fixed": sorted(params or {})}
+           "fixed": sorted(k for k in (params or {}) if k != "cv_rule"),
+           "cv_rule": (params or {}).get("cv_rule", "min")}
     traj_path = out / "fig3b-trajectory.npz"
     traj = None
     if traj_path.is_file():
