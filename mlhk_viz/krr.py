@@ -639,8 +639,9 @@ def cv_grid(
         whose CV error is within one standard error of the minimum (standard error of the
         per-sample held-out squared errors at the minimum), the largest lambda, then the
         largest sigma, i.e. the smoothest model the data cannot tell apart from the best.
-        With hundreds of near-duplicate training points LOO's minimum sits at a vanishing
-        lambda that interpolates; ``"1se"`` keeps the ridge that generalisation needs.
+        With hundreds of near-duplicate training points LOO's minimum can sit at a vanishing
+        lambda that interpolates; ``"1se"`` keeps more ridge where the CV error is flat (on the
+        MD sets it lowers the worst test errors, not the mean: docs/reproduce.md).
 
     Returns
     -------

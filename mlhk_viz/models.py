@@ -180,7 +180,7 @@ class MLKS(_Base):
     cv_rule : "min" or "1se"
         Take the (sigma, lam) with the lowest CV error (the paper), or the smoothest one within
         one standard error of it (:func:`mlhk_viz.krr.cv_grid`): more ridge where the CV error
-        is flat, which large training sets of near-duplicate MD frames need.
+        is flat.
     reference : (n_atoms, 3) array or None
         Geometry to Kabsch-align every input onto (Å); None uses inputs as given.
     permutations : (P, n_atoms) int array or None
