@@ -92,3 +92,37 @@ def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path,
     other = pos.copy()
     other[0, 1, 0] += 0.01
     assert gen._complete(out, numbers, other, gen.DEFAULT_METHOD) is None, "other geometries are not taken for it"
+
+
+def test_parts_folder_is_found_for_geometries_that_differ_in_the_last_bit(tmp_path):
+    # the same MD frames aligned on another numpy/BLAS build differ by ~1e-15 Å; their finished
+    # chunks must still be found, and geometries that differ physically must not be
+    numbers, pos = h2(6)
+    out = tmp_path / "h2six.npz"
+    method = gen.DEFAULT_METHOD
+    parts = gen.parts_dir(out, numbers, pos, method)
+    parts.mkdir()
+    gen._write_geometries(parts, numbers, pos)
+    (parts / "manifest.json").write_text(__import__("json").dumps({"name": "H2", "n": 6, "method": method}))
+    jitter = pos + np.random.default_rng(0).uniform(-3e-15, 3e-15, pos.shape)
+    assert not np.array_equal(jitter, pos)
+    assert gen.parts_dir(out, numbers, jitter, method) == parts
+    # a coordinate on the hash's rounding boundary: another name, found through the stored geometries
+    edge = pos.copy()
+    edge[0, 1, 0] = 0.2600005 + 1e-13
+    edge_parts = gen.parts_dir(out, numbers, edge, method)
+    edge_parts.mkdir()
+    gen._write_geometries(edge_parts, numbers, edge)
+    (edge_parts / "manifest.json").write_text(__import__("json").dumps({"name": "H2", "n": 6, "method": method}))
+    across = edge.copy()
+    across[0, 1, 0] = 0.2600005 - 1e-13  # rounds to 0.26 rather than 0.260001
+    assert gen._digest(numbers, across, method) != gen._digest(numbers, edge, method)
+    assert gen.parts_dir(out, numbers, across, method) == edge_parts
+    moved = pos.copy()
+    moved[0, 1, 0] += 1e-4
+    assert gen.parts_dir(out, numbers, moved, method) not in (parts, edge_parts)
+    other_method = dict(method, xc="LDA")
+    assert gen.parts_dir(out, numbers, pos, other_method) != parts
+    # a finished file is recognised across the same last-bit difference
+    assert gen._same_geometries(numbers, pos, numbers, jitter)
+    assert not gen._same_geometries(numbers, pos, numbers, moved)

@@ -3,9 +3,12 @@
 Work is cut into chunks of geometries. Each finished chunk is written atomically into a parts
 folder beside the output (``<out>.parts-<hash>/chunk-00012.npz``) the moment it arrives, so an
 interrupted run loses at most the chunks in flight; a rerun reuses every valid chunk and
-computes only the rest. The folder's name carries a hash of the geometries and the method, so
-parts made with other settings are never mixed in. When all chunks exist they are assembled
-into one data-set file and the parts folder is removed.
+computes only the rest. The folder's name carries a hash of the geometries (rounded to
+:data:`GEOMETRY_TOL` Å) and the method, and the folder keeps the geometries it was made for
+(``geometries.npz``), so parts made with other settings are never mixed in while the same set
+computed on another machine (whose BLAS aligns the frames to a different last bit) is still
+found. When all chunks exist they are assembled into one data-set file and the parts folder is
+removed.
 
 By default a :class:`dask.distributed.LocalCluster` of single-threaded worker processes runs the
 chunks (PySCF's own threads scale poorly; two single-threaded workers on two cores give 1.65x
@@ -28,6 +31,10 @@ from ..progress import Progress, null_progress
 from .pyscf_runner import DEFAULT_METHOD, single_point
 
 CHUNK_FORMAT = "mlhk-viz-chunk"
+GEOMETRIES_FORMAT = "mlhk-viz-chunk-geometries"
+# Two geometries within this many Å are the same set member. Aligned MD frames differ by ~1e-15 Å
+# between numpy/BLAS builds; anything physical is many orders larger.
+GEOMETRY_TOL = 1e-6
 
 
 def compute_chunk(numbers, positions, method: dict) -> dict:
@@ -47,14 +54,52 @@ def compute_chunk(numbers, positions, method: dict) -> dict:
 def _digest(numbers, positions, method) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(numbers, np.int64).tobytes())
-    h.update(np.ascontiguousarray(positions, np.float64).tobytes())
+    # rounded, and -0.0 folded into 0.0, so last-bit differences between builds give the same name
+    h.update(np.ascontiguousarray(np.round(np.asarray(positions, np.float64), 6) + 0.0).tobytes())
     h.update(json.dumps(method, sort_keys=True).encode())
     return h.hexdigest()
 
 
+def _same_geometries(numbers, positions, other_numbers, other_positions) -> bool:
+    return (np.array_equal(np.asarray(numbers, int), np.asarray(other_numbers, int))
+            and np.shape(positions) == np.shape(other_positions)
+            and bool(np.all(np.abs(np.asarray(positions, float) - other_positions) <= GEOMETRY_TOL)))
+
+
+def _folder_matches(folder: Path, numbers, positions, method) -> bool:
+    """Whether an existing parts folder was made for these geometries with this method."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        arrays, _ = load_npz(folder / "geometries.npz", kind=GEOMETRIES_FORMAT)
+    except (OSError, ValueError, DatasetError):
+        return False
+    return (manifest.get("method") == method
+            and _same_geometries(numbers, positions, arrays.get("numbers"), arrays.get("positions")))
+
+
 def parts_dir(out, numbers, positions, method) -> Path:
+    """The parts folder of ``out`` for these geometries ``(n, n_atoms, 3)`` Å and method.
+
+    Normally ``<out>.parts-<hash>``. If a coordinate sits on a rounding boundary of the hash, the
+    same set made elsewhere can carry another hash: a sibling folder whose stored geometries agree
+    within :data:`GEOMETRY_TOL` Å and whose method is the same is then the one returned.
+    """
     out = Path(out)
-    return out.parent / f"{out.name}.parts-{_digest(numbers, positions, method)[:12]}"
+    named = out.parent / f"{out.name}.parts-{_digest(numbers, positions, method)[:12]}"
+    if named.is_dir():
+        return named
+    for folder in sorted(out.parent.glob(f"{out.name}.parts-*")):
+        if folder.is_dir() and _folder_matches(folder, numbers, positions, method):
+            return folder
+    return named
+
+
+def _write_geometries(parts: Path, numbers, positions) -> None:
+    """Record in the folder the geometries its chunks belong to (once; never overwritten)."""
+    path = parts / "geometries.npz"
+    if not path.is_file():
+        save_npz(path, {"numbers": np.asarray(numbers, np.int64), "positions": np.asarray(positions, np.float64)},
+                 {"format": GEOMETRIES_FORMAT, "units": {"positions": "angstrom"}})
 
 
 def _read_chunk(path: Path, n_expected: int) -> dict | None:
@@ -81,8 +126,7 @@ def _complete(out, numbers, positions, method) -> Dataset | None:
     except DatasetError:
         return None
     same_method = all(ds.meta.get("method", {}).get(k) == v for k, v in method.items())
-    if same_method and np.array_equal(ds.numbers, numbers) and ds.positions.shape == positions.shape \
-            and np.array_equal(ds.positions, positions):
+    if same_method and _same_geometries(numbers, positions, ds.numbers, ds.positions):
         return ds
     return None
 
@@ -123,6 +167,7 @@ def generate(
         return done_before
     parts = parts_dir(out, numbers, positions, method)
     parts.mkdir(parents=True, exist_ok=True)
+    _write_geometries(parts, numbers, positions)
     (parts / "manifest.json").write_text(json.dumps(
         {"name": name, "n": n, "chunk_size": chunk_size, "method": method}, indent=1))
     bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
