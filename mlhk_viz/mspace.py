@@ -206,16 +206,19 @@ class Choice:
     cv_errors: np.ndarray | None = None  # (n_sigma, n_lam) LOO errors when CV ran
     cv_sigmas: np.ndarray | None = None
     cv_lams: np.ndarray | None = None
+    rule: str = "min"  # how CV chose: the lowest error, or the one-standard-error rule (krr.cv_grid)
 
 
 def choose(D: np.ndarray, Y: np.ndarray, med: float, factor=None, lam=None, progress=null_progress,
-           stage: str = "CV", center: bool = True) -> Choice:
+           stage: str = "CV", center: bool = True, rule: str = "min") -> Choice:
     """Sigma and lambda: as given, or by leave-one-out CV on the library's grids
-    (:data:`~mlhk_viz.models.SIGMA_FACTORS` times ``med``, :data:`~mlhk_viz.models.LAMBDAS`)."""
+    (:data:`~mlhk_viz.models.SIGMA_FACTORS` times ``med``, :data:`~mlhk_viz.models.LAMBDAS`), choosing
+    by ``rule`` (see :func:`~mlhk_viz.krr.cv_grid`)."""
     if factor is not None and lam is not None:
         return Choice(float(factor) * med, float(lam), float(factor), (False, False))
     sigmas = np.array([float(factor) * med]) if factor is not None else np.asarray(SIGMA_FACTORS) * med
     lams = np.array([float(lam)]) if lam is not None else np.asarray(LAMBDAS, float)
-    res = cv_grid(D, Y, sigmas, lams, cv="loo", center=center, progress=lambda d, t, s: progress(d, t, stage))
+    res = cv_grid(D, Y, sigmas, lams, cv="loo", center=center, rule=rule,
+                  progress=lambda d, t, s: progress(d, t, stage))
     return Choice(float(res.best_sigma), float(res.best_lam), float(res.best_sigma) / med,
-                  (factor is None, lam is None), res.errors, res.sigmas, res.lams)
+                  (factor is None, lam is None), res.errors, res.sigmas, res.lams, rule)

@@ -213,6 +213,26 @@ def test_app_in_browser(browser, server):
     ctx, page, errors = open_page(browser, server)
     first = wait_drawn(page)
 
+    # -- the one-standard-error rule (M = 10, all by CV, where it moves every pick): the page shows the
+    # library's picks by that rule, then the lowest-error ones again
+    ds = Dataset.load(H2)
+    test, pool = evaluation.split(ds)
+    train10 = evaluation.select_training(ds, pool, 10)
+    table = page.locator(".hyper-table")
+    picks = lambda: [(float(r.locator("td.sigma").get_attribute("data-value")),  # noqa: E731
+                      float(r.locator("td.lam").get_attribute("data-value"))) for r in table.locator("tr:has(td.lam)").all()]
+    lowest = picks()
+    page.locator(".w-cv-rule").get_by_text("one standard error", exact=True).click()
+    page.locator(".hyper-table", has_text="1-SE rule").wait_for(timeout=LONG)
+    ev1 = evaluation.evaluate(ds, train10, test, dict(cv_rule="1se"), dict(cv_rule="1se"))
+    want = [(h.sigma, h.lam) for h in (ev1.mlhk.density_hyper_, ev1.mlhk.energy_hyper_, ev1.mlks.hyper_)]
+    got = picks()
+    for (gs, gl), (ws, wl), (_, ll) in zip(got, want, lowest):
+        assert gs == pytest.approx(ws, rel=1e-6) and gl == wl and gl > ll
+    page.locator(".w-cv-rule").get_by_text("lowest error", exact=True).click()
+    page.locator(".hyper-table", has_text="1-SE rule").wait_for(state="detached", timeout=LONG)
+    assert picks() == lowest
+
     # -- retrain with sigma, lambda and M set by hand; the page shows the library's numbers
     set_number(page, ".w-m", 12)
     page.locator(".w-sigma-auto input").first.uncheck()
@@ -220,8 +240,6 @@ def test_app_in_browser(browser, server):
     page.locator(".w-lam-auto input").first.uncheck()
     set_number(page, ".w-lam", -6)
     wait_knobs(page, m=12, hk_factor=1.0, hk_lam=1e-6)
-    ds = Dataset.load(H2)
-    test, pool = evaluation.split(ds)
     train = evaluation.select_training(ds, pool, 12)
     pot = GaussianPotential(0.2, 0.08)
     sigma = _median_distance(pot.sq_distances(ds.positions[train], None, ds.numbers, pot.axes(ds.positions[train])))

@@ -93,6 +93,41 @@ def test_auto_cv_picks_what_the_library_picks(st):
     assert st.log_lam == pytest.approx(np.log10(r.hk.lam), abs=1e-9)
 
 
+def test_cv_rule_knob_picks_what_the_library_picks_by_that_rule(st, app_modules, tmp_path):
+    views = app_modules[4]
+    ds = Dataset.load(H2)
+    lowest = st.result  # M = 10, where the rule moves every model's pick (not so at M = 20 or 40)
+    st.cv_rule = "1se"
+    assert st.wait(300) and not st.error, st.error
+    r = st.result
+    assert r.knobs.cv_rule == "1se" and (r.hk.rule, r.energy.rule, r.ks.rule) == ("1se",) * 3
+    np.testing.assert_array_equal(r.train, lowest.train)
+    ev = evaluation.evaluate(ds, r.train, r.test, dict(cv_rule="1se"), dict(cv_rule="1se"))
+    assert r.hk.sigma == pytest.approx(ev.mlhk.density_hyper_.sigma, rel=1e-12)
+    assert r.hk.lam == ev.mlhk.density_hyper_.lam
+    assert r.energy.sigma == pytest.approx(ev.mlhk.energy_hyper_.sigma, rel=1e-6)
+    assert r.ks.sigma == pytest.approx(ev.mlks.hyper_.sigma, rel=1e-12) and r.ks.lam == ev.mlks.hyper_.lam
+    # the rule changed the picks, each to a larger lambda (the rule's order: lambda, then sigma)
+    picks = lambda x: [(c.lam, c.sigma) for c in (x.hk, x.energy, x.ks)]  # noqa: E731
+    assert all(a[0] > b[0] for a, b in zip(picks(r), picks(lowest)))
+    assert "1-SE rule" in views._chosen_html(r, "ML-HK") and "1-SE" not in views._chosen_html(lowest, "ML-HK")
+    # the learning curve's points follow the rule too
+    compute = app_modules[1]
+    for rule, res in (("1se", r), ("min", lowest)):
+        assert compute.curve_point(str(H2), 10, 0.2, 0.08, cv_rule=rule)["mlhk_dE"] == res.summary()["mlhk_dE"][0]
+    # a saved model records the rule, and opening it sets the knob
+    path = st.model_dir / "h2-1se.npz"
+    st.save(path)
+    assert st.wait(300, jobs=("save",)) and not st.error, st.error
+    assert load_model(path).cv_rule == "1se"
+    st.cv_rule = "min"
+    assert st.wait(300) and not st.error, st.error
+    st.refresh_lists()
+    st.model_file = str(path.resolve())
+    assert st.wait(300) and not st.error, st.error
+    assert st.cv_rule == "1se"
+
+
 def test_lambda_change_reuses_the_eigendecomposition(st, app_modules):
     cache = app_modules[0]
     st.param.update(sigma_auto=False, lam_auto=False, log_lam=-7.0)
@@ -168,7 +203,9 @@ def test_save_model_round_trip(st, tmp_path, app_modules):
     assert st.saved_path == str(path)
     model = load_model(path)
     r = st.result
-    np.testing.assert_allclose(model.predict(ds.positions[r.test]), r.E_hk[r.test], rtol=0, atol=1e-8)
+    # the app solves through an eigendecomposition, the model by Cholesky; with the small lambda CV
+    # picks, the two routes differ by up to 3e-8 Ha on some BLAS builds (6e-4 kcal/mol at 1e-6)
+    np.testing.assert_allclose(model.predict(ds.positions[r.test]), r.E_hk[r.test], rtol=0, atol=1e-6)
     i = int(r.test[0])
     np.testing.assert_allclose(model.predict_coefficients(ds.positions[i:i + 1])[0],
                                compute.predicted_coefficients(r.knobs, i), rtol=0, atol=1e-8)
@@ -177,13 +214,13 @@ def test_save_model_round_trip(st, tmp_path, app_modules):
     assert str(path.resolve()) in st.param.model_file.objects
     st.model_file = str(path.resolve())
     assert st.wait(300) and not st.error, st.error
-    np.testing.assert_allclose(st.result.E_hk[r.test], r.E_hk[r.test], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(st.result.E_hk[r.test], r.E_hk[r.test], rtol=0, atol=1e-6)
     # ML-KS too
     st.kind = "ML-KS"
     p2 = tmp_path / "h2-mlks.npz"
     st.save(p2)
     assert st.wait(300, jobs=("save",)) and not st.error, st.error
-    np.testing.assert_allclose(load_model(p2).predict(ds.positions[r.test]), r.E_ks[r.test], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(load_model(p2).predict(ds.positions[r.test]), r.E_ks[r.test], rtol=0, atol=1e-6)
 
 
 def test_cube_export_reads_back(st, tmp_path, app_modules):

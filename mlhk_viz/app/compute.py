@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -252,17 +252,20 @@ class FitKnobs:
     ks_sigma: float | None = None
     ks_lam: float | None = None
     seed: int = 0
+    cv_rule: str = "min"  # "min" (lowest LOO error, the paper's) or "1se" (krr.cv_grid), for every CV
 
 
-def _choose(D, Y, med, factor, lam, progress, stage, center=True) -> Choice:
-    return mspace.choose(D, Y, med, factor, lam, progress, stage, center)
+
+
+def _choose(D, Y, med, factor, lam, progress, stage, center=True, rule="min") -> Choice:
+    return mspace.choose(D, Y, med, factor, lam, progress, stage, center, rule)
 
 
 def density_choice(k: FitKnobs, progress=null_progress) -> Choice:
     entry = load_entry(k.dataset)
     train = selection(entry, k.m, k.seed)
     dist = distances(entry, train, k.gamma, k.spacing)
-    key = ("hk-choice", dist.key, train.tobytes(), k.hk_sigma, k.hk_lam)
+    key = ("hk-choice", dist.key, train.tobytes(), k.hk_sigma, k.hk_lam, k.cv_rule)
     if k.hk_sigma is not None and k.hk_lam is not None:  # set by hand: no CV, no pass over the coefficients
         return cache.MODELS.get_or_compute(key, lambda: _choose(dist.D_tr, None, dist.median, k.hk_sigma, k.hk_lam,
                                                                 progress, "density CV"))
@@ -270,7 +273,7 @@ def density_choice(k: FitKnobs, progress=null_progress) -> Choice:
     # the (M, 125000) coefficients, at O(M^3) per grid point
     return cache.MODELS.get_or_compute(key, lambda: _choose(
         dist.D_tr, grams(entry, train, progress).T, dist.median, k.hk_sigma, k.hk_lam, progress, "density CV",
-        center=False))
+        center=False, rule=k.cv_rule))
 
 
 @dataclass
@@ -300,7 +303,9 @@ def density_model(k: FitKnobs, progress=null_progress) -> DensityModel:
         progress(1, 1, "solve")
         return DensityModel(choice, train, b, B, var)
 
-    return cache.MODELS.get_or_compute(key, build)
+    dm = cache.MODELS.get_or_compute(key, build)
+    # the weights depend only on (sigma, lambda); how they were chosen (by hand, CV, which rule) is this request's
+    return dm if dm.choice is choice else replace(dm, choice=choice)
 
 
 def predicted_coefficients(k: FitKnobs, i: int) -> np.ndarray:
@@ -388,7 +393,7 @@ def fit(k: FitKnobs, progress=null_progress) -> FitResult:
     # ML-HK energy functional on the model's own training densities (Eq. 13), all via G
     fd = mspace.functional_distances(dm.b, dm.B, gr.G, gr.H, gr.nt)
     DF = fd["train"]
-    energy = _choose(DF, y[:, None], median_distance(DF), None, None, progress, "energy CV")
+    energy = _choose(DF, y[:, None], median_distance(DF), None, None, progress, "energy CV", rule=k.cv_rule)
     em = KernelRidgeModel().fit(DF, y[:, None], energy.sigma, energy.lam)
     E_hk = em.predict(fd["predicted"])[:, 0]
     E_at = em.predict(fd["dft"])[:, 0]  # E^ML[n^DFT] on the scored frames
@@ -411,8 +416,8 @@ def ml_ks(k: FitKnobs, progress=null_progress):
     train = selection(entry, k.m, k.seed)
     dist = distances(entry, train, k.gamma, k.spacing)
     y = entry.ds.energies[train]
-    ks = cache.MODELS.get_or_compute(("ks-choice", dist.key, k.ks_sigma, k.ks_lam), lambda: _choose(
-        dist.D_tr, y, dist.median, k.ks_sigma, k.ks_lam, progress, "energy CV (ML-KS)"))
+    ks = cache.MODELS.get_or_compute(("ks-choice", dist.key, k.ks_sigma, k.ks_lam, k.cv_rule), lambda: _choose(
+        dist.D_tr, y, dist.median, k.ks_sigma, k.ks_lam, progress, "energy CV (ML-KS)", rule=k.cv_rule))
 
     def build():
         km = KernelRidgeModel().fit(dist.D_tr, y[:, None], ks.sigma, ks.lam)
@@ -550,12 +555,13 @@ def prefetch(dataset: str, ms, gamma: float, spacing: float, progress=null_progr
 
 
 # ------------------------------------------------------------------------------ learning curve
-def curve_point(dataset: str, m: int, gamma: float, spacing: float, progress=null_progress) -> dict:
-    """MAE (kcal/mol) of ML-HK, ML-KS and dE_D at training size m, all hyperparameters by CV."""
-    key = ("curve", file_key(dataset), int(m), float(gamma), float(spacing))
+def curve_point(dataset: str, m: int, gamma: float, spacing: float, progress=null_progress,
+                cv_rule: str = "min") -> dict:
+    """MAE (kcal/mol) of ML-HK, ML-KS and dE_D at training size m, all hyperparameters by CV (``cv_rule``)."""
+    key = ("curve", file_key(dataset), int(m), float(gamma), float(spacing), cv_rule)
 
     def build():
-        r = fit(FitKnobs(dataset, int(m), gamma, spacing), progress)
+        r = fit(FitKnobs(dataset, int(m), gamma, spacing, cv_rule=cv_rule), progress)
         s = r.summary()
         return {"M": int(m), "mlhk_dE": s["mlhk_dE"][0], "mlks_dE": s["mlks_dE"][0], "mlhk_dED": s["mlhk_dED"][0]}
 
@@ -607,10 +613,10 @@ def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = 
     ref, perms = (md_alignment(entry.ds) or (pos[0], None)) if align else (None, None)
     if kind == "ML-KS":
         model = MLKS(k.gamma, k.spacing, sigma=r.ks.sigma, lam=r.ks.lam, reference=ref,
-                     permutations=perms).fit(pos, E, numbers=entry.ds.numbers)
+                     permutations=perms, cv_rule=k.cv_rule).fit(pos, E, numbers=entry.ds.numbers)
     else:
         model = MLHK(k.gamma, k.spacing, sigma=r.hk.sigma, lam=r.hk.lam, energy_sigma=r.energy.sigma,
-                     energy_lam=r.energy.lam, reference=ref, permutations=perms).fit(pos, E, entry.U[r.train],
+                     energy_lam=r.energy.lam, reference=ref, permutations=perms, cv_rule=k.cv_rule).fit(pos, E, entry.U[r.train],
                                                                                    numbers=entry.ds.numbers)
     progress(1, 1, "library fit")
     return model

@@ -24,7 +24,9 @@ from . import compute, engine, tasks
 
 HK, KS = "ML-HK", "ML-KS"
 SHOW = ["predicted", "DFT", "difference"]
-FIT_KNOBS = ["dataset", "m", "gamma", "spacing", "sigma_auto", "log_sigma", "lam_auto", "log_lam"]
+FIT_KNOBS = ["dataset", "m", "gamma", "spacing", "sigma_auto", "log_sigma", "lam_auto", "log_lam", "cv_rule"]
+#: the CV rules, as shown -> as the library names them (krr.cv_grid)
+CV_RULES = {"lowest error": "min", "one standard error": "1se"}
 VIEW_KNOBS = ["molecule", "iso", "diff_frac", "show", "layout3d", "uncertainty"]
 
 
@@ -51,6 +53,9 @@ class AppState(param.Parameterized):
     log_sigma = param.Number(default=0.0, bounds=(-1.5, 1.5), step=0.05, doc="log10(sigma / median training distance)")
     lam_auto = param.Boolean(default=True, doc="Choose lambda by leave-one-out CV on the training set")
     log_lam = param.Number(default=-8.0, bounds=(-14.0, -1.0), step=0.25, doc="log10(lambda)")
+    cv_rule = param.Selector(default="min", objects=list(CV_RULES.values()),
+                             doc="How CV picks (sigma, lambda) for every model: 'min' the lowest LOO error (the "
+                                 "paper's), '1se' the smoothest pair within one standard error of it")
     m = param.Integer(default=10, bounds=(2, compute.MAX_M), doc="Training size M (K-means in geometry space)")
     molecule = param.Integer(default=0, bounds=(0, None), doc="Molecule shown in 3D (index in the data set)")
     iso = param.Number(default=0.05, bounds=(0.002, 0.3), step=0.002, doc="Iso level of the densities, e/bohr³")
@@ -238,7 +243,8 @@ class AppState(param.Parameterized):
         hk, ks = self.hyper(HK), self.hyper(KS)
         s = lambda h: None if h["sigma_auto"] else 10 ** _r(h["log_sigma"])  # noqa: E731
         lm = lambda h: None if h["lam_auto"] else 10 ** _r(h["log_lam"])  # noqa: E731
-        return compute.FitKnobs(self.dataset, int(self.m), _r(self.gamma), _r(self.spacing), s(hk), lm(hk), s(ks), lm(ks))
+        return compute.FitKnobs(self.dataset, int(self.m), _r(self.gamma), _r(self.spacing), s(hk), lm(hk), s(ks), lm(ks),
+                                cv_rule=self.cv_rule)
 
     def source(self) -> tuple:
         if self.loaded_path:
@@ -301,7 +307,7 @@ class AppState(param.Parameterized):
         if self._want_curve:
             self.request_curve()
 
-    @param.depends("gamma", "spacing", watch=True)
+    @param.depends("gamma", "spacing", "cv_rule", watch=True)
     def _descriptor_changed(self):
         if not self._quiet and self._want_curve:
             self.curve = []
@@ -390,6 +396,7 @@ class AppState(param.Parameterized):
 
     def request_curve(self) -> None:
         ds, g, s = self.dataset, _r(self.gamma), _r(self.spacing)
+        self._curve_rule = rule = self.cv_rule
         entry = compute.load_entry(ds)
         sizes = compute.curve_sizes(entry)
         self.curve_sizes = sizes
@@ -402,12 +409,13 @@ class AppState(param.Parameterized):
         self._start("curve")
 
         def done(point):
-            if (self.dataset, _r(self.gamma), _r(self.spacing)) != (ds, g, s):
+            if (self.dataset, _r(self.gamma), _r(self.spacing), self.cv_rule) != (ds, g, s, rule):
                 return
             self.curve = self.curve + [point]
             self._curve_next(ds, g, s, sizes, k + 1)
 
-        self.jobs["curve"].submit(tasks.curve_point, ds, sizes[k], g, s, on_done=done, on_error=self._on_error("curve"),
+        rule = self._curve_rule
+        self.jobs["curve"].submit(tasks.curve_point, ds, sizes[k], g, s, rule, on_done=done, on_error=self._on_error("curve"),
                                   priority=-10)
 
     def _prefetch(self, k) -> None:
@@ -503,7 +511,7 @@ class AppState(param.Parameterized):
         self._show_cv_choice()
         if src[0] == "file":
             with self._quietly():
-                self.param.update(gamma=res.knobs.gamma, spacing=res.knobs.spacing)
+                self.param.update(gamma=res.knobs.gamma, spacing=res.knobs.spacing, cv_rule=res.knobs.cv_rule)
             self.status = f"model file {Path(src[1]).name}: {self.model_label(src[1])}"
         else:
             s = res.summary()

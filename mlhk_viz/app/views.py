@@ -18,7 +18,7 @@ from ..evaluation import KCAL_PER_HARTREE
 from ..reproduce.paper import QUANTITIES, TABLE1
 from . import compute, help as H
 from .scene import Scene
-from .state import HK, KS, SHOW
+from .state import CV_RULES, HK, KS, SHOW
 
 hv.extension("bokeh", logo=False)
 hv.opts.defaults(hv.opts.Points(framewise=True), hv.opts.Scatter(framewise=True), hv.opts.Curve(framewise=True),
@@ -119,6 +119,8 @@ def controls(state) -> pn.Column:
     lam_auto = pn.widgets.Checkbox.from_param(p.lam_auto, name="λ: auto by CV on the training set", css_classes=["w-lam-auto"])
     lam = _clamped(ClampedFloatSlider, p.log_lam, state, name="log₁₀ λ", format="0.00",
                                                     css_classes=["w-lam"])
+    rule = pn.widgets.RadioButtonGroup.from_param(p.cv_rule, name="CV rule", options=CV_RULES, css_classes=["w-cv-rule"],
+                                                  button_type="light")
     m = _clamped(ClampedIntSlider, p.m, state, name="Training size M", css_classes=["w-m"])
     # fixed heights on the texts that change per update, so that nothing below them jumps (tall enough
     # for the table's wrapped rows: at 92 px the Save button covered its last row)
@@ -153,7 +155,7 @@ def controls(state) -> pn.Column:
     return pn.Column(
         "### Data", w(ds, K["dataset"]), w(mf, K["model_file"]), rescan,
         "### Model", w(kind, K["kind"]), w(gamma, K["gamma"]), w(spacing, K["spacing"]), w(sig_auto, K["sigma_auto"]),
-        w(sig, K["sigma"]), w(lam_auto, K["lam_auto"]), w(lam, K["lam"]), w(m, K["m"]), chosen, w(save, K["save"]), saved,
+        w(sig, K["sigma"]), w(lam_auto, K["lam_auto"]), w(lam, K["lam"]), w(rule, K["cv_rule"]), w(m, K["m"]), chosen, w(save, K["save"]), saved,
         "### View", w(mol, K["molecule"]), w(iso, K["iso"]), w(dfrac, K["diff_frac"]), w(show, K["show"]),
         w(lay, K["layout3d"]), w(unc, K["uncertainty"]),
         width=340, css_classes=["controls"],
@@ -178,6 +180,8 @@ def _chosen_html(result, kind):
             how.append("σ by CV")
         if ch.by_cv[1]:
             how.append("λ by CV")
+        if any(ch.by_cv) and ch.rule == "1se":
+            how.append("1-SE rule")
         rows.append(f"<tr><td>{label}</td><td class='sigma' data-value='{ch.sigma!r}'>{_fmt(ch.sigma)}</td>"
                     f"<td class='lam' data-value='{ch.lam!r}'>{_fmt(ch.lam)}</td>"
                     f"<td>{', '.join(how) or 'set by hand'}</td></tr>")
