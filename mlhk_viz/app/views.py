@@ -120,7 +120,7 @@ def controls(state) -> pn.Column:
     lam = _clamped(ClampedFloatSlider, p.log_lam, state, name="log₁₀ λ", format="0.00",
                                                     css_classes=["w-lam"])
     rule = pn.widgets.RadioButtonGroup.from_param(p.cv_rule, name="CV rule", options=CV_RULES, css_classes=["w-cv-rule"],
-                                                  button_type="light")
+                                                  color="light")
     m = _clamped(ClampedIntSlider, p.m, state, name="Training size M", css_classes=["w-m"])
     # fixed heights on the texts that change per update, so that nothing below them jumps (tall enough
     # for the table's wrapped rows: at 92 px the Save button covered its last row)
