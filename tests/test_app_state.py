@@ -350,6 +350,16 @@ def test_learning_curve_points(app_modules, tmp_path):
         p = s.curve[0]
         r = compute.fit(compute.FitKnobs(str(H2), p["M"]))
         assert p["mlhk_dE"] == pytest.approx(r.summary()["mlhk_dE"][0])
+        # another CV rule starts the curve again, by that rule
+        s.cv_rule = "1se"
+        t0 = time.perf_counter()
+        while len(s.curve) < 3 and time.perf_counter() - t0 < 300:
+            time.sleep(0.05)
+        got = list(s.curve)  # points of the old rule are dropped, not mixed in
+        assert len(got) >= 3
+        for q in got:
+            r = compute.fit(compute.FitKnobs(str(H2), q["M"], cv_rule="1se"))
+            assert q["mlhk_dE"] == pytest.approx(r.summary()["mlhk_dE"][0])
     finally:
         s.close()
 

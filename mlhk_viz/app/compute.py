@@ -255,8 +255,6 @@ class FitKnobs:
     cv_rule: str = "min"  # "min" (lowest LOO error, the paper's) or "1se" (krr.cv_grid), for every CV
 
 
-
-
 def _choose(D, Y, med, factor, lam, progress, stage, center=True, rule="min") -> Choice:
     return mspace.choose(D, Y, med, factor, lam, progress, stage, center, rule)
 
@@ -616,7 +614,7 @@ def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = 
                      permutations=perms, cv_rule=k.cv_rule).fit(pos, E, numbers=entry.ds.numbers)
     else:
         model = MLHK(k.gamma, k.spacing, sigma=r.hk.sigma, lam=r.hk.lam, energy_sigma=r.energy.sigma,
-                     energy_lam=r.energy.lam, reference=ref, permutations=perms, cv_rule=k.cv_rule).fit(pos, E, entry.U[r.train],
-                                                                                   numbers=entry.ds.numbers)
+                     energy_lam=r.energy.lam, reference=ref, permutations=perms,
+                     cv_rule=k.cv_rule).fit(pos, E, entry.U[r.train], numbers=entry.ds.numbers)
     progress(1, 1, "library fit")
     return model

@@ -396,13 +396,12 @@ class AppState(param.Parameterized):
 
     def request_curve(self) -> None:
         ds, g, s = self.dataset, _r(self.gamma), _r(self.spacing)
-        self._curve_rule = rule = self.cv_rule
         entry = compute.load_entry(ds)
         sizes = compute.curve_sizes(entry)
         self.curve_sizes = sizes
-        self._curve_next(ds, g, s, sizes, 0)
+        self._curve_next(ds, g, s, self.cv_rule, sizes, 0)
 
-    def _curve_next(self, ds, g, s, sizes, k):
+    def _curve_next(self, ds, g, s, rule, sizes, k):
         if k >= len(sizes):
             self._finish("curve")
             return
@@ -412,9 +411,8 @@ class AppState(param.Parameterized):
             if (self.dataset, _r(self.gamma), _r(self.spacing), self.cv_rule) != (ds, g, s, rule):
                 return
             self.curve = self.curve + [point]
-            self._curve_next(ds, g, s, sizes, k + 1)
+            self._curve_next(ds, g, s, rule, sizes, k + 1)
 
-        rule = self._curve_rule
         self.jobs["curve"].submit(tasks.curve_point, ds, sizes[k], g, s, rule, on_done=done, on_error=self._on_error("curve"),
                                   priority=-10)
 

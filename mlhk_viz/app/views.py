@@ -155,7 +155,9 @@ def controls(state) -> pn.Column:
     return pn.Column(
         "### Data", w(ds, K["dataset"]), w(mf, K["model_file"]), rescan,
         "### Model", w(kind, K["kind"]), w(gamma, K["gamma"]), w(spacing, K["spacing"]), w(sig_auto, K["sigma_auto"]),
-        w(sig, K["sigma"]), w(lam_auto, K["lam_auto"]), w(lam, K["lam"]), pn.pane.HTML("CV rule for 'auto':", margin=(8, 10, -8, 10)), w(rule, K["cv_rule"]), w(m, K["m"]), chosen, w(save, K["save"]), saved,
+        w(sig, K["sigma"]), w(lam_auto, K["lam_auto"]), w(lam, K["lam"]),
+        pn.pane.HTML("CV rule for 'auto':", margin=(8, 10, -8, 10)), w(rule, K["cv_rule"]),
+        w(m, K["m"]), chosen, w(save, K["save"]), saved,
         "### View", w(mol, K["molecule"]), w(iso, K["iso"]), w(dfrac, K["diff_frac"]), w(show, K["show"]),
         w(lay, K["layout3d"]), w(unc, K["uncertainty"]),
         width=340, css_classes=["controls"],
