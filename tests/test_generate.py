@@ -1,5 +1,7 @@
 """Reference generation: real PySCF single points, Dask, atomic chunks, resumption."""
 
+import json
+
 import numpy as np
 import pytest
 from dask.distributed import LocalCluster
@@ -100,20 +102,22 @@ def test_parts_folder_is_found_for_geometries_that_differ_in_the_last_bit(tmp_pa
     numbers, pos = h2(6)
     out = tmp_path / "h2six.npz"
     method = gen.DEFAULT_METHOD
-    parts = gen.parts_dir(out, numbers, pos, method)
-    parts.mkdir()
-    gen._write_geometries(parts, numbers, pos)
-    (parts / "manifest.json").write_text(__import__("json").dumps({"name": "H2", "n": 6, "method": method}))
+
+    def make_folder(positions):
+        folder = gen.parts_dir(out, numbers, positions, method)
+        folder.mkdir()
+        gen._write_geometries(folder, numbers, positions)
+        (folder / "manifest.json").write_text(json.dumps({"name": "H2", "n": 6, "method": method}))
+        return folder
+
+    parts = make_folder(pos)
     jitter = pos + np.random.default_rng(0).uniform(-3e-15, 3e-15, pos.shape)
     assert not np.array_equal(jitter, pos)
     assert gen.parts_dir(out, numbers, jitter, method) == parts
     # a coordinate on the hash's rounding boundary: another name, found through the stored geometries
     edge = pos.copy()
     edge[0, 1, 0] = 0.2600005 + 1e-13
-    edge_parts = gen.parts_dir(out, numbers, edge, method)
-    edge_parts.mkdir()
-    gen._write_geometries(edge_parts, numbers, edge)
-    (edge_parts / "manifest.json").write_text(__import__("json").dumps({"name": "H2", "n": 6, "method": method}))
+    edge_parts = make_folder(edge)
     across = edge.copy()
     across[0, 1, 0] = 0.2600005 - 1e-13  # rounds to 0.26 rather than 0.260001
     assert gen._digest(numbers, across, method) != gen._digest(numbers, edge, method)

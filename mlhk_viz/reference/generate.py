@@ -34,7 +34,8 @@ CHUNK_FORMAT = "mlhk-viz-chunk"
 GEOMETRIES_FORMAT = "mlhk-viz-chunk-geometries"
 # Two geometries within this many Å are the same set member. Aligned MD frames differ by ~1e-15 Å
 # between numpy/BLAS builds; anything physical is many orders larger.
-GEOMETRY_TOL = 1e-6
+GEOMETRY_DECIMALS = 6
+GEOMETRY_TOL = 10.0 ** -GEOMETRY_DECIMALS
 
 
 def compute_chunk(numbers, positions, method: dict) -> dict:
@@ -55,7 +56,7 @@ def _digest(numbers, positions, method) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(numbers, np.int64).tobytes())
     # rounded, and -0.0 folded into 0.0, so last-bit differences between builds give the same name
-    h.update(np.ascontiguousarray(np.round(np.asarray(positions, np.float64), 6) + 0.0).tobytes())
+    h.update(np.ascontiguousarray(np.round(np.asarray(positions, np.float64), GEOMETRY_DECIMALS) + 0.0).tobytes())
     h.update(json.dumps(method, sort_keys=True).encode())
     return h.hexdigest()
 
