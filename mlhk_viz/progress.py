@@ -18,8 +18,9 @@ def null_progress(done: int, total: int, stage: str) -> None:
 class TqdmProgress:
     """A :data:`Progress` that draws one tqdm bar per stage (to stderr)."""
 
-    def __init__(self, disable: bool = False):
+    def __init__(self, disable: bool = False, file=None):
         self.disable = disable
+        self.file = file
         self._bars: dict = {}
 
     def __call__(self, done: int, total: int, stage: str) -> None:
@@ -29,7 +30,11 @@ class TqdmProgress:
         if bar is None or bar.total != total:
             if bar is not None:
                 bar.close()
-            bar = self._bars[stage] = tqdm(total=total, desc=stage, disable=self.disable, leave=True)
+            # A resumed job reports its first ``done`` > 0; starting the bar there keeps tqdm's rate
+            # and ETA to the work of this run instead of crediting it with what earlier runs did.
+            bar = self._bars[stage] = tqdm(
+                total=total, initial=done, desc=stage, disable=self.disable, leave=True, file=self.file
+            )
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
