@@ -505,3 +505,22 @@ def atomic_masses_of(numbers):
     from ase.data import atomic_masses
 
     return atomic_masses[np.asarray(numbers, int)]
+
+
+def test_a_script_that_exits_without_shutdown_exits_cleanly(tmp_path):
+    """AppState fits on construction; exiting mid-work must not spray Dask tracebacks."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from mlhk_viz.app.state import AppState\n"
+        f"s = AppState(data_dir={str(ROOT / 'data')!r}, model_dir={str(tmp_path / 'models')!r}, "
+        f"dataset={str(H2)!r})\n"
+        "print('built', flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert "built" in out.stdout
+    assert "Traceback" not in out.stderr and "cannot schedule new futures" not in out.stderr, out.stderr

@@ -47,7 +47,41 @@ def client():
             cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=threads,
                                    dashboard_address=None, silence_logs=40)
             _client = Client(cluster, set_as_default=False)
+            _close_before_interpreter_shutdown()
         return _client
+
+
+_exit_hook_registered = False
+
+
+def _exit() -> None:
+    # every running task goes stale and stops at its next progress report, so exit does not
+    # wait for a fit nobody will see
+    with _current_lock:
+        _current.clear()
+    shutdown()
+
+
+def _close_before_interpreter_shutdown() -> None:
+    """Close the client when the interpreter exits, early enough for its callbacks to run.
+
+    A script that starts work (an ``AppState`` fits on construction) and exits without
+    :func:`shutdown` otherwise leaves futures finishing while Python shuts down: ``atexit`` runs
+    after ``concurrent.futures`` has stopped accepting work, and each finishing future printed a
+    "cannot schedule new futures after interpreter shutdown" traceback. ``threading``'s exit hooks
+    run before that (``concurrent.futures`` itself registers there), latest first.
+    """
+    global _exit_hook_registered
+    if _exit_hook_registered:
+        return
+    import atexit
+
+    register = getattr(threading, "_register_atexit", atexit.register)
+    try:
+        register(_exit)
+    except RuntimeError:  # already shutting down: nothing left to order
+        return
+    _exit_hook_registered = True
 
 
 def shutdown() -> None:
