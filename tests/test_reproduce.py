@@ -123,6 +123,46 @@ def test_reproduce_table2_on_a_small_subset_end_to_end(tmp_path, capsys):
     assert "| ethane | 300 K | 12 |" in md and "GPWNO 3.67" in md and "(0.2)" in md
 
 
+def test_table2_for_one_molecule_updates_its_rows_and_keeps_the_others(tmp_path, capsys, monkeypatch):
+    """A run of one molecule into a folder holding the table replaces that molecule's rows only."""
+    import numpy as np
+
+    from mlhk_viz.reproduce import table2
+
+    # the density error is checked against an independent grid in the end-to-end test above; here
+    # only the bookkeeping matters, and the 96³ grid would dominate the run time
+    monkeypatch.setattr(table2, "density_l1", lambda model, pos, U: np.full(len(pos), 0.01))
+
+    root = Path(__file__).resolve().parent.parent
+    data, md = root / "data", root / "data" / "md"
+    quiet = lambda *a: None  # noqa: E731
+    table2.run(tmp_path / "eth", data, md, m=12, molecules=("ethane",), curve=False, log=quiet)
+    table2.run(tmp_path / "benz", data, md, m=12, molecules=("benzene",), curve=False, log=quiet)
+    both = tmp_path / "both"
+    table2.run(both, data, md, m=10, molecules=("ethane",), curve=False, log=quiet)  # an older, smaller ethane
+    table2.run(both, data, md, m=12, molecules=("benzene",), curve=False, log=quiet)
+    table2.run(both, data, md, m=12, molecules=("ethane",), curve=False, log=quiet)  # ethane updated, benzene kept
+    for name in ("table2.json", "table2_curve.json", "density_error.json"):
+        merged = json.loads((both / name).read_text())
+        alone = json.loads((tmp_path / "benz" / name).read_text()) + json.loads((tmp_path / "eth" / name).read_text())
+        assert merged == alone, name  # benzene first (the paper's order), then ethane at M = 12
+    md_text = (both / "table2.md").read_text()
+    assert "| benzene | 300 K | 12 |" in md_text and "| ethane | 300 K | 12 |" in md_text
+    assert "benzene 300+350 K: no training frames with PBE yet" in md_text
+    assert all(r["hyperparameters"] == {"cv_rule": "min"} for r in json.loads((both / "table2.json").read_text()))
+
+    # the other protocol would mix two protocols in one table: refused before any work, files untouched
+    before = {p.name: p.read_bytes() for p in both.iterdir()}
+    with pytest.raises(ValueError, match=r"benzene rows made with other hyperparameters.*1se"):
+        table2.run(both, data, md, m=12, molecules=("ethane",), params={"cv_rule": "1se"}, log=quiet)
+    assert {p.name: p.read_bytes() for p in both.iterdir()} == before
+    assert main(["reproduce", "table2", "--out", str(both), "--molecules", "ethane", "--cv-rule", "1se"]) == 1
+    assert "Recompute benzene too" in capsys.readouterr().err
+    assert main(["reproduce", "table2", "--out", str(both), "--molecules", "ethanol"]) == 1
+    assert "molecules must be among benzene, ethane, malonaldehyde" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in both.iterdir()} == before
+
+
 def test_table2_one_standard_error_rule_reaches_the_models():
     """``params={"cv_rule": "1se"}``: the table's errors are those of MLHK(cv_rule='1se') on the same frames."""
     import numpy as np

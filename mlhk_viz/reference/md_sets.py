@@ -93,6 +93,12 @@ def set_path(molecule: str, which: str, data_dir) -> Path:
     return Path(data_dir) / f"{molecule}-{which}.npz"
 
 
+def has_pbe_frames(molecule: str, which: str, data_dir) -> bool:
+    """Whether any PBE frames of a set exist (its complete file or a finished chunk), without loading them."""
+    out = set_path(molecule, which, data_dir)
+    return out.is_file() or any(out.parent.glob(f"{out.name}.parts-*/chunk-*.npz"))
+
+
 def load_partial(molecule: str, which: str, data_dir, md_dir, method: dict = DEFAULT_METHOD) -> Dataset | None:
     """The finished part of a set: its complete file if it exists, else the finished chunks, else None."""
     from ..datasets import DatasetError, load_npz

@@ -101,9 +101,14 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     ``density_error.json`` and ``table2.md`` (everything beside the paper's values). ``m`` caps the training size (default: all
     that exist). Molecules or trainings without data are reported as missing, not an error.
     """
+    unknown = [m for m in molecules if m not in MOLECULES]
+    if unknown or not molecules:
+        raise ValueError(f"table2: molecules must be among {', '.join(MOLECULES)}; got {', '.join(molecules) or 'none'}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    how = hyperparameters(params)
+    kept = kept_from_earlier(out, molecules, how)  # checked before hours of fitting, not after
     rows, curves, dens, missing = [], [], [], []
     for mol in molecules:
         test, trains = load_sets(mol, data_dir, md_dir)
@@ -123,16 +128,25 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
                 progress(len(points), len(sizes), f"{mol} {training}")
             for q, v in r["errors"].items():
                 rows.append({"molecule": mol, "training": training, "quantity": q, "mae": float(np.mean(np.abs(v))),
-                             "max": float(np.max(np.abs(v))), "M": r["M"], "n_test": r["n_test"]})
+                             "max": float(np.max(np.abs(v))), "M": r["M"], "n_test": r["n_test"],
+                             "hyperparameters": how})
             l1 = r["density_l1"]
             dens.append({"molecule": mol, "training": training, "M": r["M"], "n_test": r["n_test"],
                          "density_l1_mean": float(l1.mean()), "density_l1_max": float(l1.max()),
-                         "truncation_error_mean": trunc})
+                         "truncation_error_mean": trunc, "hyperparameters": how})
             ms = [p["M"] for p in points]
             curves.append({"molecule": mol, "training": training, "points": points,
-                           "fit": {q: power_law(ms, [p[q] for p in points]) for q in QUANTITIES}})
+                           "fit": {q: power_law(ms, [p[q] for p in points]) for q in QUANTITIES},
+                           "hyperparameters": how})
             log(f"{mol} {training}: M = {r['M']}, {r['n_test']} test frames, ML-HK ΔE MAE "
                 f"{rows[-2]['mae']:.3g} kcal/mol, density L1 {100 * l1.mean():.2f} %")
+    if kept["rows"]:
+        log(f"kept the rows of {', '.join(kept['molecules'])} from the earlier {out / 'table2.json'} "
+            "(same hyperparameter protocol; not recomputed)")
+        rows, curves, dens = (_in_order(kept[k] + new) for k, new in (("rows", rows), ("curves", curves),
+                                                                        ("density", dens)))
+        for mol in kept["molecules"]:
+            missing += _missing_sets(mol, data_dir)
     (out / "table2.json").write_text(json.dumps(rows, indent=1))
     (out / "table2_curve.json").write_text(json.dumps(curves, indent=1))
     (out / "density_error.json").write_text(json.dumps(dens, indent=1))
@@ -144,6 +158,60 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     log(f"wrote {out / 'table2.md'}, table2.json, table2_curve.json, table2_curve.png, density_error.json in "
         f"{time.perf_counter() - t0:.0f} s")
     return {"rows": rows, "curves": curves, "density": dens, "missing": missing}
+
+
+def hyperparameters(params: dict | None) -> dict:
+    """How a row's hyperparameters were chosen: the CV rule and any fixed values (recorded on every row)."""
+    params = dict(params or {})
+    return {"cv_rule": params.pop("cv_rule", "min"), **{k: params[k] for k in sorted(params)}}
+
+
+def _in_order(entries: list) -> list:
+    key = lambda e: (MOLECULES.index(e["molecule"]), list(TRAININGS).index(e["training"]),  # noqa: E731
+                     list(QUANTITIES).index(e["quantity"]) if "quantity" in e else 0)
+    return sorted(entries, key=key)
+
+
+def _missing_sets(molecule: str, data_dir) -> list[str]:
+    from ..reference.md_sets import has_pbe_frames
+
+    if not has_pbe_frames(molecule, "test", data_dir):
+        return [f"{molecule}: no test frames yet"]
+    return [f"{molecule} {t} K: no training frames with PBE yet" for t, s in TRAININGS.items()
+            if not has_pbe_frames(molecule, s, data_dir)]
+
+
+def kept_from_earlier(out: Path, molecules, how: dict) -> dict:
+    """The entries of an earlier run in ``out`` for molecules this run does not recompute.
+
+    Running one molecule into a folder that holds the whole table updates that molecule's rows and
+    keeps the others. Rows made under another hyperparameter protocol (or before rows recorded it)
+    would make a table that mixes protocols, so that is refused with a clear error instead of
+    silently dropping or mixing them; nothing is computed or written first.
+    """
+    found = {"rows": [], "curves": [], "density": [], "molecules": []}
+    path = out / "table2.json"
+    if not path.is_file():
+        return found
+    try:
+        old = json.loads(path.read_text())
+        files = {"rows": old, "curves": json.loads((out / "table2_curve.json").read_text()),
+                 "density": json.loads((out / "density_error.json").read_text())}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{out}: cannot read the earlier Table 2 files to keep their other rows ({e}); "
+                         "write to another --out folder or move them away") from e
+    others = sorted({r["molecule"] for r in old if r.get("molecule") not in molecules},
+                    key=lambda m: MOLECULES.index(m) if m in MOLECULES else len(MOLECULES))
+    for mol in others:
+        theirs = [r.get("hyperparameters") for r in old if r["molecule"] == mol]
+        if any(h != how for h in theirs):
+            desc = theirs[0] if theirs[0] is not None else "not recorded"
+            raise ValueError(f"{path} holds {mol} rows made with other hyperparameters ({desc}; this run: {how}). "
+                             f"Recompute {mol} too (--molecules), or write to another --out folder")
+    for k, entries in files.items():
+        found[k] = [e for e in entries if e["molecule"] in others]
+    found["molecules"] = others
+    return found
 
 
 def plot_curves(curves, path) -> Path:
