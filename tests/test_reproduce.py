@@ -121,6 +121,21 @@ def test_reproduce_table2_on_a_small_subset_end_to_end(tmp_path, capsys):
         assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
     md = (tmp_path / "table2.md").read_text()
     assert "| ethane | 300 K | 12 |" in md and "GPWNO 3.67" in md and "(0.2)" in md
+    # each test frame's signed errors: the row's MAE and max, ΔE = ΔE_F + ΔE_D, predict()'s energies
+    import csv
+
+    with open(tmp_path / "table2_errors-ethane.csv", newline="") as fh:
+        recs = [rec for rec in csv.DictReader(fh) if rec["training"] == "300" and rec["M"] == "12"]
+    f300 = {k: np.array([float(rec[k]) for rec in recs]) for k in recs[0] if k != "training"}
+    assert len(recs) == r["n_test"]
+    assert np.abs(f300["dE_kcal_per_mol"]).mean() == pytest.approx(r["mae"], abs=1e-5)
+    assert np.abs(f300["dE_D_kcal_per_mol"]).max() == pytest.approx(by[("300", "mlhk_dED")]["max"], abs=1e-5)
+    np.testing.assert_allclose(f300["dE_kcal_per_mol"], f300["dE_F_kcal_per_mol"] + f300["dE_D_kcal_per_mol"],
+                               atol=3e-6)
+    te_frames = np.asarray(test.meta.get("frames", np.arange(len(test))))[te]
+    np.testing.assert_array_equal(f300["test_frame"], te_frames)
+    signed = (fixed.predict(test.positions[te]) - test.energies[te]) * KCAL_PER_HARTREE
+    np.testing.assert_allclose(f300["dE_kcal_per_mol"], signed, atol=1e-5)
 
 
 def test_table2_for_one_molecule_updates_its_rows_and_keeps_the_others(tmp_path, capsys, monkeypatch):
@@ -146,6 +161,9 @@ def test_table2_for_one_molecule_updates_its_rows_and_keeps_the_others(tmp_path,
         merged = json.loads((both / name).read_text())
         alone = json.loads((tmp_path / "benz" / name).read_text()) + json.loads((tmp_path / "eth" / name).read_text())
         assert merged == alone, name  # benzene first (the paper's order), then ethane at M = 12
+    for mol in ("benzene", "ethane"):
+        alone = tmp_path / ("benz" if mol == "benzene" else "eth") / f"table2_errors-{mol}.csv"
+        assert (both / f"table2_errors-{mol}.csv").read_text() == alone.read_text()
     md_text = (both / "table2.md").read_text()
     assert "| benzene | 300 K | 12 |" in md_text and "| ethane | 300 K | 12 |" in md_text
     assert "benzene 300+350 K: no training frames with PBE yet" in md_text

@@ -58,8 +58,9 @@ def fit_and_score(train: Dataset, test: Dataset, m: int, density: bool = False, 
                   progress: Progress = null_progress) -> dict:
     """Fit ML-HK on the first ``m`` converged frames of ``train``; errors on the converged ``test`` frames.
 
-    Returns ``{"M", "n_test", "errors": {quantity: (n_test,) kcal/mol}, "density_l1": (n_test,) or None,
-    "model": MLHK}``.
+    Returns ``{"M", "n_test", "errors": {quantity: (n_test,) kcal/mol}, "signed": {"dE", "dE_F", "dE_D":
+    (n_test,) kcal/mol, ML minus PBE}, "test_frames": (n_test,) frame numbers in the 200-frame test set,
+    "density_l1": (n_test,) or None, "model": MLHK}``.
     """
     tr = np.flatnonzero(train.converged)[:m]
     te = np.flatnonzero(test.converged)
@@ -73,6 +74,8 @@ def fit_and_score(train: Dataset, test: Dataset, m: int, density: bool = False, 
     return {
         "M": int(len(tr)), "n_test": int(len(te)), "model": model,
         "errors": {"mlhk_dE": dec["dE"] * KCAL_PER_HARTREE, "mlhk_dED": dec["dE_D"] * KCAL_PER_HARTREE},
+        "signed": {k: dec[k] * KCAL_PER_HARTREE for k in ("dE", "dE_F", "dE_D")},
+        "test_frames": np.asarray(test.meta.get("frames", np.arange(len(test))))[te],
         "density_l1": density_l1(model, test.positions[te], Ut) if density else None,
     }
 
@@ -98,7 +101,8 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
 
     Files: ``table2.json`` (rows ``{molecule, training, quantity, mae, max, M, n_test}``, kcal/mol),
     ``table2_curve.json`` (MAE against M and the power-law fits) and its plot ``table2_curve.png``,
-    ``density_error.json`` and ``table2.md`` (everything beside the paper's values). ``m`` caps the training size (default: all
+    ``density_error.json``, ``table2.md`` (everything beside the paper's values) and
+    ``table2_errors-<molecule>.csv`` (each test frame's signed errors, :func:`write_frame_errors`). ``m`` caps the training size (default: all
     that exist). Molecules or trainings without data are reported as missing, not an error.
     """
     unknown = [m for m in molecules if m not in MOLECULES]
@@ -111,6 +115,7 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     kept = kept_from_earlier(out, molecules, how)  # checked before hours of fitting, not after
     rows, curves, dens, missing = [], [], [], []
     for mol in molecules:
+        per_frame = []
         test, trains = load_sets(mol, data_dir, md_dir)
         if test is None or not trains:
             missing.append(f"{mol}: " + ("no test frames" if test is None else "no training frames") + " yet")
@@ -122,6 +127,7 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
             m_use = n_avail if m is None else min(m, n_avail)
             sizes = [s for s in CURVE_SIZES if s < m_use] + [m_use] if curve else [m_use]
             points = []
+            progress(0, len(sizes), f"{mol} {training}")  # the bar's clock starts with the first fit
             for s in sizes:
                 r = fit_and_score(train, test, s, density=(s == m_use), params=params)
                 points.append({"M": r["M"], **{q: float(np.mean(np.abs(v))) for q, v in r["errors"].items()}})
@@ -131,6 +137,7 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
                              "max": float(np.max(np.abs(v))), "M": r["M"], "n_test": r["n_test"],
                              "hyperparameters": how})
             l1 = r["density_l1"]
+            per_frame.append((training, r))
             dens.append({"molecule": mol, "training": training, "M": r["M"], "n_test": r["n_test"],
                          "density_l1_mean": float(l1.mean()), "density_l1_max": float(l1.max()),
                          "truncation_error_mean": trunc, "hyperparameters": how})
@@ -140,6 +147,8 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
                            "hyperparameters": how})
             log(f"{mol} {training}: M = {r['M']}, {r['n_test']} test frames, ML-HK ΔE MAE "
                 f"{rows[-2]['mae']:.3g} kcal/mol, density L1 {100 * l1.mean():.2f} %")
+        if per_frame:
+            write_frame_errors(out / f"table2_errors-{mol}.csv", per_frame)
     if kept["rows"]:
         log(f"kept the rows of {', '.join(kept['molecules'])} from the earlier {out / 'table2.json'} "
             "(same hyperparameter protocol; not recomputed)")
@@ -155,9 +164,27 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     if curves:
         plot_curves(curves, out / "table2_curve.png")
     log(md)
-    log(f"wrote {out / 'table2.md'}, table2.json, table2_curve.json, table2_curve.png, density_error.json in "
+    log(f"wrote {out / 'table2.md'}, table2.json, table2_curve.json, table2_curve.png, density_error.json, "
+        f"table2_errors-*.csv in "
         f"{time.perf_counter() - t0:.0f} s")
     return {"rows": rows, "curves": curves, "density": dens, "missing": missing}
+
+
+def write_frame_errors(path: Path, results) -> Path:
+    """Each test frame's signed errors (ML-HK minus PBE, kcal/mol) and density error, one CSV per molecule.
+
+    ``results``: ``[(training, fit_and_score result)]``. Columns: training, M, test_frame (its number in
+    the 200-frame test set), dE, dE_F, dE_D, density_l1 (fraction). The worst frames of a row are
+    the ones to look at in the app.
+    """
+    lines = ["training,M,test_frame,dE_kcal_per_mol,dE_F_kcal_per_mol,dE_D_kcal_per_mol,density_l1"]
+    for training, r in results:
+        l1 = r["density_l1"] if r["density_l1"] is not None else np.full(r["n_test"], np.nan)
+        sg = r["signed"]
+        lines += [f"{training},{r['M']},{int(f)},{a:.6f},{b:.6f},{c:.6f},{d:.6g}"
+                  for f, a, b, c, d in zip(r["test_frames"], sg["dE"], sg["dE_F"], sg["dE_D"], l1)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def hyperparameters(params: dict | None) -> dict:
