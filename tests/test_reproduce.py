@@ -179,6 +179,13 @@ def test_table2_for_one_molecule_updates_its_rows_and_keeps_the_others(tmp_path,
     assert main(["reproduce", "table2", "--out", str(both), "--molecules", "ethanol"]) == 1
     assert "molecules must be among benzene, ethane, malonaldehyde" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in both.iterdir()} == before
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("table2.json", "table2_curve.json", "density_error.json"):
+        (broken / name).write_text((both / name).read_text())
+    (broken / "table2_curve.json").write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match=r"broken: cannot read the earlier Table 2 files.*curves are not a list"):
+        table2.run(broken, data, md, m=12, molecules=("ethane",), log=quiet)
 
 
 def test_table2_one_standard_error_rule_reaches_the_models():

@@ -102,8 +102,10 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     Files: ``table2.json`` (rows ``{molecule, training, quantity, mae, max, M, n_test}``, kcal/mol),
     ``table2_curve.json`` (MAE against M and the power-law fits) and its plot ``table2_curve.png``,
     ``density_error.json``, ``table2.md`` (everything beside the paper's values) and
-    ``table2_errors-<molecule>.csv`` (each test frame's signed errors, :func:`write_frame_errors`). ``m`` caps the training size (default: all
-    that exist). Molecules or trainings without data are reported as missing, not an error.
+    ``table2_errors-<molecule>.csv`` (each test frame's signed errors, :func:`write_frame_errors`).
+    ``m`` caps the training size (default: all that exist). Molecules or trainings without data are
+    reported as missing, not an error. Rows of molecules not in ``molecules`` that an earlier run left
+    in ``out`` are kept (:func:`kept_from_earlier`).
     """
     unknown = [m for m in molecules if m not in MOLECULES]
     if unknown or not molecules:
@@ -224,6 +226,10 @@ def kept_from_earlier(out: Path, molecules, how: dict) -> dict:
         old = json.loads(path.read_text())
         files = {"rows": old, "curves": json.loads((out / "table2_curve.json").read_text()),
                  "density": json.loads((out / "density_error.json").read_text())}
+        for name, entries in files.items():
+            if not (isinstance(entries, list) and all(isinstance(e, dict) and e.get("molecule") in MOLECULES
+                                                      and e.get("training") in TRAININGS for e in entries)):
+                raise ValueError(f"its {name} are not a list of Table 2 entries")
     except (OSError, ValueError) as e:
         raise ValueError(f"{out}: cannot read the earlier Table 2 files to keep their other rows ({e}); "
                          "write to another --out folder or move them away") from e
