@@ -233,8 +233,7 @@ def kept_from_earlier(out: Path, molecules, how: dict) -> dict:
     except (OSError, ValueError) as e:
         raise ValueError(f"{out}: cannot read the earlier Table 2 files to keep their other rows ({e}); "
                          "write to another --out folder or move them away") from e
-    others = sorted({r["molecule"] for r in old if r.get("molecule") not in molecules},
-                    key=lambda m: MOLECULES.index(m) if m in MOLECULES else len(MOLECULES))
+    others = sorted({r["molecule"] for r in old if r["molecule"] not in molecules}, key=MOLECULES.index)
     for mol in others:
         theirs = [r.get("hyperparameters") for r in old if r["molecule"] == mol]
         if any(h != how for h in theirs):
