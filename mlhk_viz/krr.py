@@ -665,6 +665,8 @@ def cv_grid(
     n_s, n_l = len(sigmas), len(lams)
     offset = Y.mean(axis=0) if center else np.zeros(L)
     errors = np.zeros((n_s, n_l))
+    if progress is not None:
+        progress(0, n_s, label)  # a bar's clock starts here, not after the first (slowest-to-report) sigma
 
     if not per_output:
         S = np.zeros((M, M))

@@ -299,13 +299,13 @@ def test_cv_grid_matches_eigenkrr_cv_mse_and_uncentred(data):
 def test_cv_grid_progress_and_1d_targets(data):
     calls = []
     res = cv_grid(data["D"], data["Y"][:, 2], SIGMAS, LAMS, progress=lambda *a: calls.append(a))
-    assert calls == [(1, 3, "loo"), (2, 3, "loo"), (3, 3, "loo")]
+    assert calls == [(0, 3, "loo"), (1, 3, "loo"), (2, 3, "loo"), (3, 3, "loo")]
     full = cv_grid(data["D"], data["Y"], SIGMAS, LAMS, per_output=True, keep_output_errors=True)
     rel_close(res.errors, full.output_errors[:, :, 2], 1e-10)
     calls.clear()
     cv_grid(data["D"], data["Y"], SIGMAS, LAMS, cv=kfold_indices(M, 4, 0), per_output=True,
             progress=lambda *a: calls.append(a))
-    assert calls[-1] == (3, 3, "4-fold") and len(calls) == 3
+    assert calls[0] == (0, 3, "4-fold") and calls[-1] == (3, 3, "4-fold") and len(calls) == 4
 
 
 # ------------------------------------------------------------------- KernelRidgeModel

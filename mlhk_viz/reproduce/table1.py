@@ -28,6 +28,7 @@ def table_rows(ds: Dataset, sizes, n_test: int = 50, seed: int = 0, mlhk_params=
     """Rows ``{molecule, M, quantity, mae, max}`` (kcal/mol) for each training size."""
     test, pool = split(ds, n_test, seed)
     rows = []
+    progress(0, len(sizes), f"{ds.name} models")
     for k, m in enumerate(sizes):
         train = select_training(ds, pool, m, seed)
         ev = evaluate(ds, train, test, mlhk_params, mlks_params)
