@@ -6,7 +6,9 @@ For each M (the first M PBE frames of the training set that ``mlhk-viz reproduce
 fits ML-HK once and runs the paper's 1 ps, 300 K Langevin MD (0.5 fs, friction 0.01, analytic
 forces) from the 300 K test trajectory's start for several velocity seeds. Prints the time each
 run lasted before a bond broke (``dynamics.run_md``'s blow-up test), in fs, and how many lasted
-the full picosecond. Library calls only: ``reproduce.figures.fit_models`` and ``dynamics.run_md``.
+the full picosecond, and the fitted model's energy error on the 300 K test set (|E^ML - E^PBE|, the
+stability/accuracy trade-off that fixing λ makes). Library calls only: ``reproduce.figures.fit_models``,
+``dynamics.run_md`` and ``reference.md_sets.load_partial``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main():
     from mlhk_viz.dynamics import run_md
+    from mlhk_viz.evaluation import KCAL_PER_HARTREE
+    from mlhk_viz.reference.md_sets import load_partial
     from mlhk_viz.reference.md import load_trajectory
     from mlhk_viz.reproduce.figures import fit_models
 
@@ -39,14 +43,18 @@ def main():
     a = ap.parse_args()
     data, md = ROOT / "data", ROOT / "data" / "md"
     start = load_trajectory(md / f"{a.molecule}-test-300K.npz")
-    print(f"| M | training | lasted (fs), seeds 0..{a.seeds - 1} | intact for {a.duration:g} fs | fit (s) | MD (s per run) |")
-    print("|---|---|---|---|---|---|")
+    test = load_partial(a.molecule, "test", data, md)
+    te = np.flatnonzero(test.converged)
+    print(f"| M | training | test ΔE MAE / max (kcal/mol, {len(te)} frames) | lasted (fs), seeds 0..{a.seeds - 1} "
+          f"| intact for {a.duration:g} fs | fit (s) | MD (s per run) |")
+    print("|---|---|---|---|---|---|---|")
     for m in a.m:
         t0 = time.perf_counter()
         models = fit_models(a.molecule, data, md, m, kinds=("mlhk",), relabel=not a.by_index,
                             params={k: v for k, v in (("lam", a.lam), ("energy_lam", a.energy_lam), ("cv_rule", a.cv_rule))
                                     if v is not None})
         fit_s = time.perf_counter() - t0
+        err = np.abs(models["mlhk"].predict(test.positions[te]) - test.energies[te]) * KCAL_PER_HARTREE
         lasted, md_s = [], []
         for seed in range(a.seeds):
             t0 = time.perf_counter()
@@ -55,7 +63,7 @@ def main():
             md_s.append(time.perf_counter() - t0)
             lasted.append(float(r["times_fs"][-1]))
         ok = sum(t >= a.duration for t in lasted)
-        print(f"| {models['M']} | {models['training']} | {', '.join(f'{t:g}' for t in lasted)} | {ok}/{a.seeds} "
+        print(f"| {models['M']} | {models['training']} | {err.mean():.3f} / {err.max():.2f} | {', '.join(f'{t:g}' for t in lasted)} | {ok}/{a.seeds} "
               f"| {fit_s:.0f} | {np.mean(md_s):.1f} |", flush=True)
 
 
