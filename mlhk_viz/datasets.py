@@ -123,9 +123,10 @@ class Dataset:
     mo_occ: np.ndarray | None = None
     stored_coefficients: np.ndarray | None = None
     path: Path | None = None
-    #: row starts of independently cached blocks (in memory only; None: one block). A set assembled
-    #: from generation chunks sets them at the chunk boundaries, so a grown set expands only its new
-    #: chunks and a prefix of it only the chunks it touches.
+    #: row starts of independently cached blocks (None: one block). A set assembled from generation
+    #: chunks sets them at the chunk boundaries, so a grown set expands only its new chunks and a
+    #: prefix of it only the chunks it touches; a generated file records them (``meta["blocks"]``),
+    #: so the finished set reads back the caches made while it grew.
     blocks: np.ndarray | None = field(default=None, repr=False)
     _coefficients: np.ndarray | None = field(default=None, repr=False)
     _block_arrays: dict = field(default_factory=dict, repr=False)
@@ -171,7 +172,8 @@ class Dataset:
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return Dataset(
             name=self.name, numbers=self.numbers, positions=self.positions[idx], energies=self.energies[idx],
-            converged=self.converged[idx], truncation_error=self.truncation_error[idx], meta=dict(self.meta),
+            converged=self.converged[idx], truncation_error=self.truncation_error[idx],
+            meta={k: v for k, v in self.meta.items() if k != "blocks"},  # row starts of the parent's rows
             mo_coeff=pick(self.mo_coeff), mo_occ=pick(self.mo_occ), stored_coefficients=pick(self.stored_coefficients),
             _coefficients=pick(self._coefficients),
         )
@@ -210,7 +212,7 @@ class Dataset:
         return out
 
     def _block_starts(self) -> np.ndarray:
-        if self.blocks is None or self.path is not None:
+        if self.blocks is None:
             return np.array([0])
         b = np.unique(np.concatenate([[0], np.asarray(self.blocks, int)]))
         if b[-1] >= len(self) or b[0] != 0:
@@ -245,15 +247,17 @@ class Dataset:
         todo = [(b, slice(int(starts[b]), int(ends[b]))) for b in which]
         total, done, out = sum(s.stop - s.start for _, s in todo), 0, []
         for b, rows in todo:
-            # a file (always one block) is keyed by its bytes; an in-memory set by the content of the block
+            # a file in one block is keyed by its bytes; a block of several by its content, which is
+            # the same whether it was read from the chunk it was generated in or from the finished file
             arr = self._block_arrays.get((rows.start, rows.stop))
             if arr is None:
-                src = file_sha256(self.path) if self.path is not None else self._content_sha256(rows)
+                whole = self.path is not None and len(starts) == 1
+                src = file_sha256(self.path) if whole else self._content_sha256(rows)
                 arr = self._read_cache(src, rows.stop - rows.start)
             if arr is None:
                 sub = lambda d, t, s, o=done: progress(o + d, total, s)  # noqa: E731
                 arr = self._write_cache(src, self.compute_coefficients(np.arange(rows.start, rows.stop), sub))
-            if self.path is None and len(starts) > 1:
+            if len(starts) > 1:
                 self._block_arrays[(rows.start, rows.stop)] = arr  # a learning curve asks again for each M
             out.append(arr)
             done += rows.stop - rows.start
@@ -322,6 +326,7 @@ class Dataset:
             energies=arrays["energies"], converged=arrays["converged"], truncation_error=arrays["truncation_error"],
             meta=meta, mo_coeff=arrays.get("mo_coeff"), mo_occ=arrays.get("mo_occ"),
             stored_coefficients=arrays.get("coefficients"), path=Path(path),
+            blocks=np.asarray(meta["blocks"], int) if meta.get("blocks") else None,
         )
 
 
@@ -355,6 +360,11 @@ def validate(arrays: dict, meta: dict, where: str = "data set") -> None:
     for k in ("positions", "energies"):
         bad = ~np.isfinite(arrays[k]).reshape(n, -1).all(axis=1)
         _check(not bad.any(), where, f"'{k}' has non-finite values (NaN or inf) for molecule(s) {np.flatnonzero(bad)[:10].tolist()}")
+    if "blocks" in meta:
+        b = meta["blocks"]
+        ok = isinstance(b, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in b)
+        _check(ok and all(0 < x < n for x in b) and b == sorted(set(b)), where,
+               f"meta 'blocks' must be increasing row starts between 1 and {n - 1}, got {str(b)[:80]}")
     size = int(meta.get("basis_per_axis", 50)) ** 3
     if store == "mo":
         mo, occ = arrays["mo_coeff"], arrays["mo_occ"]

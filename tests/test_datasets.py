@@ -146,6 +146,9 @@ def _rewrite(src, dst, edit):
         (lambda a, m: a.update(converged=a["converged"].astype(int)), "'converged' must be a bool array"),
         (lambda a, m: m.update(density_store="zip"), "density_store is 'zip'"),
         (lambda a, m: m.update(format="other"), "format is 'other'"),
+        (lambda a, m: m.update(blocks=[3, 2]), "meta 'blocks' must be increasing row starts"),
+        (lambda a, m: m.update(blocks=[0, 2]), "meta 'blocks' must be increasing row starts"),
+        (lambda a, m: m.update(blocks="2"), "meta 'blocks' must be increasing row starts"),
     ],
 )
 def test_loader_rejects_bad_files(tmp_path, small, edit, message):

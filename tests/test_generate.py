@@ -96,6 +96,41 @@ def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path,
     assert gen._complete(out, numbers, other, gen.DEFAULT_METHOD) is None, "other geometries are not taken for it"
 
 
+@pytest.mark.slow
+def test_finished_set_reads_the_density_caches_made_while_it_grew(tmp_path, cluster, monkeypatch):
+    numbers, pos = h2(5)
+    out = tmp_path / "h2grow.npz"
+    kw = dict(chunk_size=2, scheduler=cluster.scheduler_address, log=lambda *a: None)
+    monkeypatch.setenv("MLHK_VIZ_CACHE", str(tmp_path / "cache"))
+    assert gen.generate("H2", out, numbers, pos, limit=3, **kw) is None
+    part = gen.load_finished("H2", out, numbers, pos)
+    assert len(part) == 4 and part.meta["frames"] == [0, 1, 2, 3] and part.blocks.tolist() == [2]
+    np.testing.assert_array_equal(part.positions, pos[:4])
+    expanded = []
+
+    def counting(ds):
+        orig = ds.compute_coefficients
+        monkeypatch.setattr(ds, "compute_coefficients", lambda idx, *a, **k: expanded.extend(np.asarray(idx).tolist())
+                            or orig(idx, *a, **k))
+        return ds
+
+    u_part = counting(part).coefficients()
+    assert expanded == [0, 1, 2, 3]
+    gen.generate("H2", out, numbers, pos, **kw)
+    assert gen.load_finished("H2", out, numbers, pos) is None, "the parts folder is gone once the file is written"
+    full = Dataset.load(out)
+    assert full.meta["blocks"] == [2, 4] and full.blocks.tolist() == [2, 4]
+    expanded.clear()
+    u_full = counting(full).coefficients()
+    assert expanded == [4], "only the chunk that was never expanded is computed"
+    np.testing.assert_array_equal(u_full[:4], u_part)
+    # and what was read back is what a fresh expansion gives (float32 cache precision)
+    fresh = full.compute_coefficients(np.arange(5))
+    np.testing.assert_allclose(u_full, fresh, rtol=0, atol=1e-6 * np.abs(fresh).max())
+    # a subset is another set of rows: it must not carry the parent's row starts into a file
+    assert "blocks" not in full.subset([0, 3]).meta
+
+
 def test_parts_folder_is_found_for_geometries_that_differ_in_the_last_bit(tmp_path):
     # the same MD frames aligned on another numpy/BLAS build differ by ~1e-15 Å; their finished
     # chunks must still be found, and geometries that differ physically must not be

@@ -132,6 +132,43 @@ def _complete(out, numbers, positions, method) -> Dataset | None:
     return None
 
 
+def load_finished(name: str, out, numbers, positions, method: dict = DEFAULT_METHOD, meta: dict | None = None
+                  ) -> Dataset | None:
+    """The chunks of ``out`` finished so far as a :class:`~mlhk_viz.datasets.Dataset`, or None if there are none.
+
+    Rows are the finished geometries in set order; ``meta["frames"]`` holds their indices in
+    ``positions`` ``(n, n_atoms, 3)`` Å. Each chunk is a cache block (:attr:`Dataset.blocks`), so
+    the densities of a growing set are expanded once per chunk, and the complete file, whose
+    blocks are the same chunks, reads them back instead of expanding everything again.
+    """
+    import pyscf
+
+    parts = parts_dir(out, numbers, positions, method)
+    rows, index = [], []
+    for f in sorted(parts.glob("chunk-*.npz")):
+        try:
+            arrays, info = load_npz(f, kind=CHUNK_FORMAT)
+        except DatasetError:
+            continue
+        s, e = info["bounds"]
+        rows.append(arrays)
+        index.append(np.arange(s, e))
+    if not rows:
+        return None
+    order = np.argsort([i[0] for i in index])
+    rows, index = [rows[k] for k in order], [index[k] for k in order]
+    idx = np.concatenate(index)
+    cat = lambda k: np.concatenate([r[k] for r in rows])  # noqa: E731
+    meta = dict(meta or {}, method=dict(method, pyscf_version=pyscf.__version__), frames=idx.tolist())
+    meta.setdefault("density_store", "mo")
+    meta.setdefault("box_bohr", 20.0)
+    meta.setdefault("basis_per_axis", 50)
+    return Dataset(name=name, numbers=np.asarray(numbers), positions=np.asarray(positions, float)[idx],
+                   energies=cat("energies"), converged=cat("converged").astype(bool),
+                   truncation_error=cat("truncation_error"), meta=meta, mo_coeff=cat("mo_coeff"),
+                   mo_occ=cat("mo_occ"), blocks=np.cumsum([len(i) for i in index])[:-1])
+
+
 def generate(
     name: str,
     out,
@@ -217,6 +254,9 @@ def generate(
         "method": dict(method, pyscf_version=pyscf.__version__),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds_per_geometry": float(np.mean(cat("seconds"))),
+        # the chunks' row starts: the file's density cache is kept per chunk, as it was while the
+        # set grew (load_finished), so finishing a set does not expand every density again
+        "blocks": [s for s, _ in bounds[1:]],
     }
     ds = Dataset(name=name, numbers=numbers, positions=positions, energies=cat("energies"), converged=converged,
                  truncation_error=cat("truncation_error"), meta=meta, mo_coeff=cat("mo_coeff"), mo_occ=cat("mo_occ"))

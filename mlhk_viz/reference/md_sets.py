@@ -25,7 +25,7 @@ import numpy as np
 
 from ..datasets import Dataset
 from ..geometry import kmeans_select
-from .generate import CHUNK_FORMAT, parts_dir
+from .generate import load_finished
 from .md import load_trajectory
 from .pyscf_runner import DEFAULT_METHOD
 
@@ -101,39 +101,14 @@ def has_pbe_frames(molecule: str, which: str, data_dir) -> bool:
 
 def load_partial(molecule: str, which: str, data_dir, md_dir, method: dict = DEFAULT_METHOD) -> Dataset | None:
     """The finished part of a set: its complete file if it exists, else the finished chunks, else None."""
-    from ..datasets import DatasetError, load_npz
-
     out = set_path(molecule, which, data_dir)
     if out.is_file():
         return Dataset.load(out)
-    numbers, pos, info = frames(molecule, which, md_dir)
-    parts = parts_dir(out, numbers, pos, method)
-    rows, index = [], []
-    for f in sorted(parts.glob("chunk-*.npz")):
-        try:
-            arrays, meta = load_npz(f, kind=CHUNK_FORMAT)
-        except DatasetError:
-            continue
-        s, e = meta["bounds"]
-        rows.append(arrays)
-        index.append(np.arange(s, e))
-    if not rows:
-        return None
-    idx = np.concatenate(index)
-    cat = lambda k: np.concatenate([r[k] for r in rows])  # noqa: E731
-    import pyscf
-
-    meta = {"density_store": "mo", "box_bohr": 20.0, "basis_per_axis": 50, "ordered": which == "trace",
-            "description": f"{molecule} {which}: {len(idx)} of {len(pos)} frames (partial)",
-            "method": dict(method, pyscf_version=pyscf.__version__), "frames": idx.tolist()}
-    order = np.argsort(idx)
-    # chunks are disjoint index ranges, so after sorting each is a contiguous block of rows: the
-    # coefficient cache is kept per chunk and a grown set expands only its new chunks
-    sizes = np.array([len(i) for i in index])[np.argsort([i[0] for i in index])]
-    return Dataset(name=f"{molecule}-{which}", numbers=np.asarray(numbers), positions=pos[idx][order],
-                   energies=cat("energies")[order], converged=cat("converged").astype(bool)[order],
-                   truncation_error=cat("truncation_error")[order], meta=meta,
-                   mo_coeff=cat("mo_coeff")[order], mo_occ=cat("mo_occ")[order], blocks=np.cumsum(sizes)[:-1])
+    numbers, pos, _ = frames(molecule, which, md_dir)
+    ds = load_finished(f"{molecule}-{which}", out, numbers, pos, method, meta={"ordered": which == "trace"})
+    if ds is not None:
+        ds.meta["description"] = f"{molecule} {which}: {len(ds)} of {len(pos)} frames (partial)"
+    return ds
 
 
 def assemble(molecule: str, data_dir, md_dir, training: str | None = None, m: int | None = None) -> Dataset:
