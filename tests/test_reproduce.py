@@ -283,7 +283,10 @@ def test_fig3a_end_to_end_equals_an_explicit_refit(tmp_path):
     root = Path(__file__).resolve().parent.parent
     data = tmp_path / "data"
     data.mkdir()
-    for d in (root / "data").glob("malonaldehyde-train300+350.npz.parts-*"):
+    # the training pool as committed: its complete file once finished, its chunk folders while it grows
+    pool = sorted((root / "data").glob("malonaldehyde-train300+350.npz*"))
+    assert pool, "the committed malonaldehyde 300+350 K PBE frames (data/malonaldehyde-train300+350.npz*) are missing"
+    for d in pool:
         (data / d.name).symlink_to(d)
     with pytest.raises(ValueError, match="malonaldehyde-aimd.npz"):
         figures.fig3a(tmp_path / "out", data, root / "data" / "md", m=12, log=lambda *a: None)
