@@ -121,8 +121,14 @@ def _cmd_reproduce(args) -> int:
                 params[name] = v
         if args.cv_rule != "min":
             params["cv_rule"] = args.cv_rule
+        if args.extra is not None and not Path(args.extra).is_file():
+            print(f"mlhk-viz reproduce fig3b: --extra {args.extra}: no such file", file=sys.stderr)
+            return 2
+        if args.seed < 0:
+            print(f"mlhk-viz reproduce fig3b: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
+            return 2
         figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, params=params,
-                      progress=bar, log=print)
+                      seed=args.seed, extra=args.extra, progress=bar, log=print)
     else:
         getattr(figures, args.what)(Path(args.out), data_dir, md_dir, m=args.m, progress=bar, log=print)
     bar.close()
@@ -187,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "fig3b: the one molecule to run (default malonaldehyde, the paper's)")
     r.add_argument("--forces", default="fd", choices=("fd", "analytic"),
                    help="fig3b: central finite differences of the ML energy (the paper's, default) or the exact gradient")
+    r.add_argument("--seed", type=int, default=0, help="fig3b: the Langevin run's random seed (default 0)")
+    r.add_argument("--extra", help="fig3b: a data set of more PBE frames of the molecule to train on beside the pool, "
+                                   "e.g. an earlier run's fig3b-pbe.npz (beyond the paper's protocol)")
     r.add_argument("--lam", type=float, help="fig3b: fix the density model's ridge λ (default: LOO CV)")
     r.add_argument("--energy-lam", type=float,
                    help="fig3b: fix the energy functional's ridge λ (default: LOO CV); σ stays chosen by CV")

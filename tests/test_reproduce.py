@@ -36,6 +36,11 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
         assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), f"{flag}={v}"]) == 2
         err = capsys.readouterr().err
         assert f"{flag} must be a positive number" in err and not (tmp_path / "o").exists()
+    assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(tmp_path / "gone.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--extra" in err and "gone.npz: no such file" in err and not (tmp_path / "o").exists()
+    assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--seed=-1"]) == 2
+    assert "--seed must be a non-negative integer, got -1" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_fit_models_fixed_hyperparameters_are_used_and_the_rest_cross_validated():
@@ -59,6 +64,40 @@ def test_fit_models_fixed_hyperparameters_are_used_and_the_rest_cross_validated(
     x = ds.positions[idx][:3] + 0.01
     np.testing.assert_allclose(fixed.predict(x), explicit.predict(x), rtol=0, atol=1e-9)
     assert np.abs(fixed.predict(x) - free.predict(x)).max() > 1e-9
+
+
+def test_fit_models_extra_frames_are_appended_to_the_pool():
+    """``extra`` (e.g. PBE single points on an ML-HK trajectory): the model equals an explicit fit on the pool's
+    first M frames followed by the extra set's converged frames; other atoms or another method are refused."""
+    import numpy as np
+
+    from mlhk_viz.datasets import Dataset
+    from mlhk_viz.models import MLHK
+    from mlhk_viz.reproduce import figures
+
+    root = Path(__file__).resolve().parent.parent
+    data, md = root / "data", root / "data" / "md"
+    test = Dataset.load(data / "ethane-test.npz")
+    extra = test.subset(np.arange(4))
+    extra.converged[1] = False  # an unconverged frame is not learned from
+    params = {"sigma": 300.0, "lam": 1e-8, "energy_sigma": 1.0, "energy_lam": 1e-6}
+    got = figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=extra)
+    assert (got["M"], got["extra"]) == (10, 3)
+    _, ds, idx = figures.training_set("ethane", data, md, 10)
+    keep = [0, 2, 3]
+    explicit = MLHK(reference=got["mlhk"].reference, permutations=got["mlhk"].permutations, **params).fit(
+        np.concatenate([ds.positions[idx], extra.positions[keep]]), np.concatenate([ds.energies[idx], extra.energies[keep]]),
+        np.concatenate([ds.coefficients(rows=idx), test.coefficients(rows=keep)]), numbers=ds.numbers)
+    x = test.positions[10:14]
+    np.testing.assert_allclose(got["mlhk"].predict(x), explicit.predict(x), rtol=0, atol=1e-10)
+    without = figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params)["mlhk"]
+    assert np.abs(without.predict(x) - got["mlhk"].predict(x)).max() > 1e-6
+    other = Dataset.load(data / "h2o.npz").subset(np.arange(2))
+    with pytest.raises(ValueError, match="extra frames 'H2O': atoms"):
+        figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=other)
+    extra.meta["method"] = dict(extra.meta["method"], functional="B3LYP")
+    with pytest.raises(ValueError, match="method .*B3LYP.* differs from the training set's"):
+        figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=extra)
 
 
 def test_power_law_fit_recovers_an_exact_power_law():
@@ -257,6 +296,14 @@ def test_fig3b_machinery_on_a_short_ethane_run(tmp_path):
     stamp = (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns
     again = figures.fig3b(tmp_path, root / "data", root / "data" / "md", **kw)
     assert again["stats"] == info["stats"] and (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns == stamp
+    # one round of active learning: the PBE single points of this run train the next run (another seed)
+    kw2 = dict(kw, pbe_every_fs=10.0, seed=1, extra=tmp_path / "fig3b-pbe.npz")
+    second = figures.fig3b(tmp_path / "round2", root / "data", root / "data" / "md", **kw2)
+    assert (second["extra_frames"], second["seed"], second["M"]) == (3, 1, 15) and second["frames_with_pbe"] == 2
+    traj2, _ = load_npz(tmp_path / "round2" / "fig3b-trajectory.npz", kind="mlhk-viz-mlhk-md")
+    refit = figures.fit_models("ethane", root / "data", root / "data" / "md", m=15, kinds=("mlhk",), extra=pbe)["mlhk"]
+    np.testing.assert_allclose(traj2["energies_hartree"], refit.predict(traj2["positions"]), atol=1e-7)
+    assert np.abs(refit.predict(traj2["positions"]) - model.predict(traj2["positions"])).max() > 1e-6
 
 
 def figures_tautomer():

@@ -48,26 +48,44 @@ def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
 
 
 def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relabel: bool = True,
-               params: dict | None = None, progress: Progress = null_progress):
+               params: dict | None = None, extra=None, progress: Progress = null_progress):
     """ML-HK (and ML-KS) fitted on :func:`training_set`, aligning new geometries onto the MD reference.
 
     ``relabel``: new geometries are also relabelled like the training frames were (methyl turns, ring
     rotations; malonaldehyde's tautomer swap), :func:`~mlhk_viz.reference.forcefield.equivalent_orderings`.
     ``params``: fixed ML-HK hyperparameters (e.g. ``{"lam": 1e-8, "energy_lam": 1e-4}``); the rest by LOO CV.
+    ``extra``: a :class:`~mlhk_viz.datasets.Dataset` of more PBE frames of the same molecule (same atom
+    order and method), whose converged frames are appended to the first ``m`` pool frames, e.g. PBE single
+    points on an ML-HK trajectory (``fig3b-pbe.npz``). Beyond the paper's protocol; ``out["extra"]`` counts them.
     """
     from ..reference.forcefield import equivalent_orderings
     from ..reference.md import load_trajectory
 
     label, ds, idx = training_set(molecule, data_dir, md_dir, m)
+    pos, energies = ds.positions[idx], ds.energies[idx]
+    coefficients = (lambda: ds.coefficients(progress, rows=idx))  # noqa: E731 - only ML-HK needs them
+    n_extra = 0
+    if extra is not None:
+        if not np.array_equal(np.asarray(extra.numbers), np.asarray(ds.numbers)):
+            raise ValueError(f"extra frames {extra.name!r}: atoms {list(extra.numbers)} are not {molecule}'s "
+                             f"{list(ds.numbers)} in the training set's order")
+        method = lambda d: {k: v for k, v in d.meta.get("method", {}).items() if k != "pyscf_version"}  # noqa: E731
+        if method(extra) != method(ds):
+            raise ValueError(f"extra frames {extra.name!r}: method {method(extra)} differs from the training "
+                             f"set's {method(ds)}; their energies are not on one scale")
+        ex = np.flatnonzero(extra.converged)
+        n_extra = int(len(ex))
+        pos, energies = np.concatenate([pos, extra.positions[ex]]), np.concatenate([energies, extra.energies[ex]])
+        pool_coefficients = coefficients
+        coefficients = lambda: np.concatenate([pool_coefficients(), extra.coefficients(progress, rows=ex)])  # noqa: E731
     ref = load_trajectory(Path(md_dir) / f"{molecule}-test-300K.npz")["reference"]
     perms = equivalent_orderings(molecule) if relabel else None
-    out = {"training": label, "M": int(len(idx))}
+    out = {"training": label, "M": int(len(idx)), "extra": n_extra}
     if "mlhk" in kinds:
         out["mlhk"] = MLHK(reference=ref, permutations=perms, **(params or {})).fit(
-            ds.positions[idx], ds.energies[idx], ds.coefficients(progress, rows=idx), numbers=ds.numbers,
-            progress=progress)
+            pos, energies, coefficients(), numbers=ds.numbers, progress=progress)
     if "mlks" in kinds:
-        out["mlks"] = MLKS(reference=ref, permutations=perms).fit(ds.positions[idx], ds.energies[idx], numbers=ds.numbers)
+        out["mlks"] = MLKS(reference=ref, permutations=perms).fit(pos, energies, numbers=ds.numbers)
     return out
 
 
@@ -164,7 +182,7 @@ def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progres
 
 def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: float = 5.0,
           pbe_every_fs: float = 50.0, forces: str = "fd", seed: int = 0, n_workers: int = 2,
-          molecule: str = "malonaldehyde", params: dict | None = None, progress: Progress = null_progress,
+          molecule: str = "malonaldehyde", params: dict | None = None, extra=None, progress: Progress = null_progress,
           log=print) -> dict:
     """ML-HK-driven Langevin MD of ``molecule`` (the paper: malonaldehyde) and PBE single points on its snapshots.
 
@@ -177,8 +195,12 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     the same forces to 1e-6 relative at one evaluation per step. The trajectory is saved as
     ``fig3b-trajectory.npz`` and reused when it exists for the same model (so a rerun only finishes
     the PBE single points).
+
+    ``extra``: path of a data set of more PBE frames to train on beside the pool (:func:`fit_models`),
+    e.g. the ``fig3b-pbe.npz`` of an earlier run with another ``seed``: one round of active learning,
+    beyond the paper's protocol.
     """
-    from ..datasets import load_npz, save_npz
+    from ..datasets import Dataset, file_sha256, load_npz, save_npz
     from ..dynamics import run_md
     from ..reference.generate import generate
     from ..reference.md import load_trajectory
@@ -186,7 +208,8 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mol = molecule
-    models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params, progress=progress)
+    extra_ds = None if extra is None else Dataset.load(extra)
+    models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params, extra=extra_ds, progress=progress)
     model = models["mlhk"]
     start = load_trajectory(Path(md_dir) / f"{mol}-test-300K.npz")
     numbers = start["numbers"]
@@ -198,6 +221,8 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
            "energy_sigma": float(model.energy_hyper_.sigma), "energy_lam": float(model.energy_hyper_.lam),
            "fixed": sorted(k for k in (params or {}) if k != "cv_rule"),
            "cv_rule": (params or {}).get("cv_rule", "min")}
+    if extra is not None:  # the trajectory depends on the extra frames' content, not on where the file lies
+        key.update(extra_frames=models["extra"], extra_sha256=file_sha256(extra))
     traj_path = out / "fig3b-trajectory.npz"
     traj = None
     if traj_path.is_file():
