@@ -104,6 +104,32 @@ def test_alignment_makes_predictions_rotation_invariant(h2, h2_split):
     assert np.abs(shifted - m.predict(h2.positions[test])).max() > 1e-4  # a real change is seen
 
 
+def test_densities_of_molecules_the_model_would_turn_are_refused(h2, h2_split):
+    """A DFT density does not turn with its molecule: with a reference, training (and decomposition) frames
+    must already be in its frame. Turned frames are refused, naming them; aligned_positions puts them there."""
+    from scipy.spatial.transform import Rotation
+
+    train, test = h2_split
+    U = h2.coefficients()
+    ref = h2.positions[train[0]]
+    turned = h2.positions[train].copy()
+    turned[[2, 5]] = Rotation.from_euler("z", 40, degrees=True).apply(turned[2]), turned[5] @ np.diag([1, -1, 1.0])[[1, 0, 2]]
+    with pytest.raises(ValueError, match=r"training molecules \[2, 5\] are not in the reference frame.*aligned_positions"):
+        MLHK(reference=ref, sigma=1.0, lam=1e-8, energy_sigma=1.0, energy_lam=1e-8).fit(
+            turned, h2.energies[train], U[train], numbers=h2.numbers)
+    m = MLHK(reference=ref, sigma=1.0, lam=1e-8, energy_sigma=1.0, energy_lam=1e-8).fit(
+        h2.positions[train], h2.energies[train], U[train], numbers=h2.numbers)
+    np.testing.assert_allclose(m.aligned_positions(turned), h2.positions[train], atol=1e-12)
+    # energies alone are rotation invariant; a decomposition against densities of turned molecules is not
+    np.testing.assert_allclose(m.predict(turned), m.predict(h2.positions[train]), atol=1e-9)
+    with pytest.raises(ValueError, match=r"molecules \[0\] are not in the reference frame"):
+        m.error_decomposition(turned[2:3], h2.energies[train][2:3], U[train][2:3])
+    dec = m.error_decomposition(m.aligned_positions(turned[2:3]), h2.energies[train][2:3], U[train][2:3])
+    same = m.error_decomposition(h2.positions[train][2:3], h2.energies[train][2:3], U[train][2:3])
+    for k in ("dE", "dE_D", "density_l2"):
+        np.testing.assert_allclose(dec[k], same[k], rtol=0, atol=1e-9)
+
+
 def test_bad_inputs_say_what_is_wrong(h2, h2_split):
     train, _ = h2_split
     U = h2.coefficients()

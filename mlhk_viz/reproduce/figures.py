@@ -242,7 +242,9 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     _, meta = load_npz(traj_path, kind="mlhk-viz-mlhk-md")
     times = traj["times_fs"]
     pick = np.flatnonzero(np.isclose(np.mod(times + 1e-9, pbe_every_fs), 0, atol=1e-6))
-    ds = generate(f"{mol}-mlhk-md", out / "fig3b-pbe.npz", numbers, traj["positions"][pick], chunk_size=4,
+    # in the model's frame, so the PBE densities can train a model too (``extra``); energies do not depend on it
+    ds = generate(f"{mol}-mlhk-md", out / "fig3b-pbe.npz", numbers, model.aligned_positions(traj["positions"][pick]),
+                  chunk_size=4,
                   n_workers=n_workers, progress=progress, log=log,
                   description="PBE single points on snapshots of the ML-HK-driven MD (Fig. 3b)")
     pbe = np.full(len(times), np.nan)
