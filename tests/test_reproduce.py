@@ -39,6 +39,11 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(tmp_path / "gone.npz")]) == 2
     err = capsys.readouterr().err
     assert "--extra" in err and "gone.npz: no such file" in err and not (tmp_path / "o").exists()
+    kept = tmp_path / "done" / "fig3b-pbe.npz"  # an earlier run's single points are not overwritten by their own use
+    kept.parent.mkdir()
+    kept.write_bytes(b"earlier results")
+    assert main(["reproduce", "fig3b", "--out", str(kept.parent), "--extra", str(kept)]) == 1
+    assert "give the new run another --out folder" in capsys.readouterr().err and kept.read_bytes() == b"earlier results"
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--seed=-1"]) == 2
     assert "--seed must be a non-negative integer, got -1" in capsys.readouterr().err and not (tmp_path / "o").exists()
 

@@ -206,6 +206,9 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     from ..reference.md import load_trajectory
 
     out = Path(out)
+    if extra is not None and Path(extra).resolve() == (out / "fig3b-pbe.npz").resolve():
+        raise ValueError(f"fig3b: the extra frames {extra} are where this run writes its own single points; "
+                         f"give the new run another --out folder so they are kept")
     out.mkdir(parents=True, exist_ok=True)
     mol = molecule
     extra_ds = None if extra is None else Dataset.load(extra)
