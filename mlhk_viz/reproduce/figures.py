@@ -63,8 +63,7 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relab
 
     label, ds, idx = training_set(molecule, data_dir, md_dir, m)
     pos, energies = ds.positions[idx], ds.energies[idx]
-    coefficients = (lambda: ds.coefficients(progress, rows=idx))  # noqa: E731 - only ML-HK needs them
-    n_extra = 0
+    ex = np.array([], int)
     if extra is not None:
         if not np.array_equal(np.asarray(extra.numbers), np.asarray(ds.numbers)):
             raise ValueError(f"extra frames {extra.name!r}: atoms {list(extra.numbers)} are not {molecule}'s "
@@ -74,13 +73,15 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relab
             raise ValueError(f"extra frames {extra.name!r}: method {method(extra)} differs from the training "
                              f"set's {method(ds)}; their energies are not on one scale")
         ex = np.flatnonzero(extra.converged)
-        n_extra = int(len(ex))
         pos, energies = np.concatenate([pos, extra.positions[ex]]), np.concatenate([energies, extra.energies[ex]])
-        pool_coefficients = coefficients
-        coefficients = lambda: np.concatenate([pool_coefficients(), extra.coefficients(progress, rows=ex)])  # noqa: E731
+
+    def coefficients():  # only ML-HK needs the densities
+        U = ds.coefficients(progress, rows=idx)
+        return U if extra is None else np.concatenate([U, extra.coefficients(progress, rows=ex)])
+
     ref = load_trajectory(Path(md_dir) / f"{molecule}-test-300K.npz")["reference"]
     perms = equivalent_orderings(molecule) if relabel else None
-    out = {"training": label, "M": int(len(idx)), "extra": n_extra}
+    out = {"training": label, "M": int(len(idx)), "extra": int(len(ex))}
     if "mlhk" in kinds:
         out["mlhk"] = MLHK(reference=ref, permutations=perms, **(params or {})).fit(
             pos, energies, coefficients(), numbers=ds.numbers, progress=progress)
