@@ -121,9 +121,10 @@ def _cmd_reproduce(args) -> int:
                 params[name] = v
         if args.cv_rule != "min":
             params["cv_rule"] = args.cv_rule
-        if args.extra is not None and not Path(args.extra).is_file():
-            print(f"mlhk-viz reproduce fig3b: --extra {args.extra}: no such file", file=sys.stderr)
-            return 2
+        for e in args.extra or ():
+            if not Path(e).is_file():
+                print(f"mlhk-viz reproduce fig3b: --extra {e}: no such file", file=sys.stderr)
+                return 2
         if args.seed < 0:
             print(f"mlhk-viz reproduce fig3b: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
             return 2
@@ -194,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--forces", default="fd", choices=("fd", "analytic"),
                    help="fig3b: central finite differences of the ML energy (the paper's, default) or the exact gradient")
     r.add_argument("--seed", type=int, default=0, help="fig3b: the Langevin run's random seed (default 0)")
-    r.add_argument("--extra", help="fig3b: a data set of more PBE frames of the molecule to train on beside the pool, "
-                                   "e.g. an earlier run's fig3b-pbe.npz (beyond the paper's protocol)")
+    r.add_argument("--extra", nargs="+", metavar="FILE",
+                   help="fig3b: data sets of more PBE frames of the molecule to train on beside the pool, "
+                        "e.g. earlier runs' fig3b-pbe.npz (active learning, beyond the paper's protocol)")
     r.add_argument("--lam", type=float, help="fig3b: fix the density model's ridge λ (default: LOO CV)")
     r.add_argument("--energy-lam", type=float,
                    help="fig3b: fix the energy functional's ridge λ (default: LOO CV); σ stays chosen by CV")

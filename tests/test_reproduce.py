@@ -39,10 +39,15 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(tmp_path / "gone.npz")]) == 2
     err = capsys.readouterr().err
     assert "--extra" in err and "gone.npz: no such file" in err and not (tmp_path / "o").exists()
+    there = tmp_path / "there.npz"
+    there.write_bytes(b"x")
+    assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(there), str(tmp_path / "gone2.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "gone2.npz: no such file" in err and "there.npz" not in err and not (tmp_path / "o").exists()
     kept = tmp_path / "done" / "fig3b-pbe.npz"  # an earlier run's single points are not overwritten by their own use
     kept.parent.mkdir()
     kept.write_bytes(b"earlier results")
-    assert main(["reproduce", "fig3b", "--out", str(kept.parent), "--extra", str(kept)]) == 1
+    assert main(["reproduce", "fig3b", "--out", str(kept.parent), "--extra", str(there), str(kept)]) == 1
     assert "give the new run another --out folder" in capsys.readouterr().err and kept.read_bytes() == b"earlier results"
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--seed=-1"]) == 2
     assert "--seed must be a non-negative integer, got -1" in capsys.readouterr().err and not (tmp_path / "o").exists()
@@ -100,6 +105,17 @@ def test_fit_models_extra_frames_are_appended_to_the_pool():
     other = Dataset.load(data / "h2o.npz").subset(np.arange(2))
     with pytest.raises(ValueError, match="extra frames 'H2O': atoms"):
         figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=other)
+    # several sets: appended in order; a bad one among them is named
+    more = test.subset(np.arange(4, 6))
+    two = figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=[extra, more])
+    assert two["extra"] == 5
+    explicit2 = MLHK(reference=got["mlhk"].reference, permutations=got["mlhk"].permutations, **params).fit(
+        np.concatenate([ds.positions[idx], extra.positions[keep], more.positions]),
+        np.concatenate([ds.energies[idx], extra.energies[keep], more.energies]),
+        np.concatenate([ds.coefficients(rows=idx), test.coefficients(rows=keep + [4, 5])]), numbers=ds.numbers)
+    np.testing.assert_allclose(two["mlhk"].predict(x), explicit2.predict(x), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="extra frames 'H2O': atoms"):
+        figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=[extra, other])
     extra.meta["method"] = dict(extra.meta["method"], functional="B3LYP")
     with pytest.raises(ValueError, match="method .*B3LYP.* differs from the training set's"):
         figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=extra)
@@ -313,6 +329,14 @@ def test_fig3b_machinery_on_a_short_ethane_run(tmp_path):
     refit = figures.fit_models("ethane", root / "data", root / "data" / "md", m=15, kinds=("mlhk",), extra=pbe)["mlhk"]
     np.testing.assert_allclose(traj2["energies_hartree"], refit.predict(traj2["positions"]), atol=1e-7)
     assert np.abs(refit.predict(traj2["positions"]) - model.predict(traj2["positions"])).max() > 1e-6
+    # a second round trains on both rounds' single points, in order
+    kw3 = dict(kw2, seed=2, extra=[tmp_path / "fig3b-pbe.npz", tmp_path / "round2" / "fig3b-pbe.npz"])
+    third = figures.fig3b(tmp_path / "round3", root / "data", root / "data" / "md", **kw3)
+    assert third["extra_frames"] == 5 and len(third["extra_sha256"]) == 2 and isinstance(second["extra_sha256"], str)
+    traj3, _ = load_npz(tmp_path / "round3" / "fig3b-trajectory.npz", kind="mlhk-viz-mlhk-md")
+    both = [pbe, Dataset.load(tmp_path / "round2" / "fig3b-pbe.npz")]
+    refit3 = figures.fit_models("ethane", root / "data", root / "data" / "md", m=15, kinds=("mlhk",), extra=both)["mlhk"]
+    np.testing.assert_allclose(traj3["energies_hartree"], refit3.predict(traj3["positions"]), atol=1e-7)
 
 
 def figures_tautomer():

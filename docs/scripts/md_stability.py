@@ -1,14 +1,14 @@
 """How long ML-HK-driven MD stays intact against the training size (Fig. 3b's protocol).
 
-``python docs/scripts/md_stability.py [malonaldehyde] [--m 60 100 140 200] [--seeds 5] [--first-seed 0] [--by-index] [--lam L] [--energy-lam L] [--cv-rule 1se] [--extra FILE]``
+``python docs/scripts/md_stability.py [malonaldehyde] [--m 60 100 140 200] [--seeds 5] [--first-seed 0] [--by-index] [--lam L] [--energy-lam L] [--cv-rule 1se] [--extra FILE ...]``
 
 For each M (the first M PBE frames of the training set that ``mlhk-viz reproduce fig3b`` uses),
 fits ML-HK once and runs the paper's 1 ps, 300 K Langevin MD (0.5 fs, friction 0.01, analytic
 forces) from the 300 K test trajectory's start for several velocity seeds. Prints the time each
 run lasted before a bond broke (``dynamics.run_md``'s blow-up test), in fs, and how many lasted
 the full picosecond, and the fitted model's energy error on the 300 K test set (|E^ML - E^PBE|, the
-stability/accuracy trade-off that fixing λ makes). ``--extra FILE`` also trains on the PBE frames of
-FILE (e.g. ``docs/results/fig3b-pbe.npz``, single points on an ML-HK run: active learning, beyond the
+stability/accuracy trade-off that fixing λ makes). ``--extra FILE ...`` also trains on the PBE frames of
+the files (e.g. ``docs/results/fig3b-pbe.npz``, single points on an ML-HK run: active learning, beyond the
 paper); use ``--first-seed`` to skip the seed that made them. Library calls only: ``reproduce.figures.fit_models``,
 ``dynamics.run_md`` and ``reference.md_sets.load_partial``.
 """
@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--m", type=int, nargs="+", default=[60, 100, 140, 200])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--extra", help="a data set of more PBE frames to train on beside the pool")
+    ap.add_argument("--extra", nargs="+", metavar="FILE", help="data sets of more PBE frames to train on beside the pool")
     ap.add_argument("--duration", type=float, default=1000.0, help="fs")
     ap.add_argument("--lam", type=float, help="fix the density model's ridge λ (default: LOO CV)")
     ap.add_argument("--energy-lam", type=float, help="fix the energy functional's ridge λ (default: LOO CV)")
@@ -51,7 +51,7 @@ def main():
     test = load_partial(a.molecule, "test", data, md)
     te = np.flatnonzero(test.converged)
     seeds = range(a.first_seed, a.first_seed + a.seeds)
-    extra = Dataset.load(a.extra) if a.extra else None
+    extra = [Dataset.load(e) for e in a.extra or ()]
     print(f"| M | training | test ΔE MAE / max (kcal/mol, {len(te)} frames) | lasted (fs), seeds {seeds[0]}..{seeds[-1]} "
           f"| intact for {a.duration:g} fs | fit (s) | MD (s per run) |")
     print("|---|---|---|---|---|---|---|")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets import Dataset
 from ..evaluation import KCAL_PER_HARTREE
 from ..models import MLHK, MLKS
 from ..progress import Progress, null_progress
@@ -54,34 +55,35 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relab
     ``relabel``: new geometries are also relabelled like the training frames were (methyl turns, ring
     rotations; malonaldehyde's tautomer swap), :func:`~mlhk_viz.reference.forcefield.equivalent_orderings`.
     ``params``: fixed ML-HK hyperparameters (e.g. ``{"lam": 1e-8, "energy_lam": 1e-4}``); the rest by LOO CV.
-    ``extra``: a :class:`~mlhk_viz.datasets.Dataset` of more PBE frames of the same molecule (same atom
-    order and method), whose converged frames are appended to the first ``m`` pool frames, e.g. PBE single
-    points on an ML-HK trajectory (``fig3b-pbe.npz``). Beyond the paper's protocol; ``out["extra"]`` counts them.
+    ``extra``: a :class:`~mlhk_viz.datasets.Dataset`, or a sequence of them, of more PBE frames of the same
+    molecule (same atom order and method), whose converged frames are appended in order to the first ``m``
+    pool frames, e.g. PBE single points on ML-HK trajectories (``fig3b-pbe.npz`` of one or more rounds).
+    Beyond the paper's protocol; ``out["extra"]`` counts them.
     """
     from ..reference.forcefield import equivalent_orderings
     from ..reference.md import load_trajectory
 
     label, ds, idx = training_set(molecule, data_dir, md_dir, m)
-    pos, energies = ds.positions[idx], ds.energies[idx]
-    ex = np.array([], int)
-    if extra is not None:
-        if not np.array_equal(np.asarray(extra.numbers), np.asarray(ds.numbers)):
-            raise ValueError(f"extra frames {extra.name!r}: atoms {list(extra.numbers)} are not {molecule}'s "
+    extras = [] if extra is None else [extra] if isinstance(extra, Dataset) else list(extra)
+    method = lambda d: {k: v for k, v in d.meta.get("method", {}).items() if k != "pyscf_version"}  # noqa: E731
+    for e in extras:
+        if not np.array_equal(np.asarray(e.numbers), np.asarray(ds.numbers)):
+            raise ValueError(f"extra frames {e.name!r}: atoms {list(e.numbers)} are not {molecule}'s "
                              f"{list(ds.numbers)} in the training set's order")
-        method = lambda d: {k: v for k, v in d.meta.get("method", {}).items() if k != "pyscf_version"}  # noqa: E731
-        if method(extra) != method(ds):
-            raise ValueError(f"extra frames {extra.name!r}: method {method(extra)} differs from the training "
+        if method(e) != method(ds):
+            raise ValueError(f"extra frames {e.name!r}: method {method(e)} differs from the training "
                              f"set's {method(ds)}; their energies are not on one scale")
-        ex = np.flatnonzero(extra.converged)
-        pos, energies = np.concatenate([pos, extra.positions[ex]]), np.concatenate([energies, extra.energies[ex]])
+    keep = [np.flatnonzero(e.converged) for e in extras]
+    pos = np.concatenate([ds.positions[idx]] + [e.positions[k] for e, k in zip(extras, keep)])
+    energies = np.concatenate([ds.energies[idx]] + [e.energies[k] for e, k in zip(extras, keep)])
 
     def coefficients():  # only ML-HK needs the densities
-        U = ds.coefficients(progress, rows=idx)
-        return U if extra is None else np.concatenate([U, extra.coefficients(progress, rows=ex)])
+        return np.concatenate([ds.coefficients(progress, rows=idx)]
+                              + [e.coefficients(progress, rows=k) for e, k in zip(extras, keep)])
 
     ref = load_trajectory(Path(md_dir) / f"{molecule}-test-300K.npz")["reference"]
     perms = equivalent_orderings(molecule) if relabel else None
-    out = {"training": label, "M": int(len(idx)), "extra": int(len(ex))}
+    out = {"training": label, "M": int(len(idx)), "extra": int(sum(len(k) for k in keep))}
     if "mlhk" in kinds:
         out["mlhk"] = MLHK(reference=ref, permutations=perms, **(params or {})).fit(
             pos, energies, coefficients(), numbers=ds.numbers, progress=progress)
@@ -198,22 +200,24 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     the PBE single points).
 
     ``extra``: path of a data set of more PBE frames to train on beside the pool (:func:`fit_models`),
-    e.g. the ``fig3b-pbe.npz`` of an earlier run with another ``seed``: one round of active learning,
-    beyond the paper's protocol.
+    or a sequence of paths, e.g. the ``fig3b-pbe.npz`` of earlier runs with other seeds: rounds of active
+    learning, beyond the paper's protocol.
     """
-    from ..datasets import Dataset, file_sha256, load_npz, save_npz
+    from ..datasets import file_sha256, load_npz, save_npz
     from ..dynamics import run_md
     from ..reference.generate import generate
     from ..reference.md import load_trajectory
 
     out = Path(out)
-    if extra is not None and Path(extra).resolve() == (out / "fig3b-pbe.npz").resolve():
-        raise ValueError(f"fig3b: the extra frames {extra} are where this run writes its own single points; "
-                         f"give the new run another --out folder so they are kept")
+    extras = [] if extra is None else [Path(extra)] if isinstance(extra, (str, Path)) else [Path(e) for e in extra]
+    for e in extras:
+        if e.resolve() == (out / "fig3b-pbe.npz").resolve():
+            raise ValueError(f"fig3b: the extra frames {e} are where this run writes its own single points; "
+                             f"give the new run another --out folder so they are kept")
     out.mkdir(parents=True, exist_ok=True)
     mol = molecule
-    extra_ds = None if extra is None else Dataset.load(extra)
-    models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params, extra=extra_ds, progress=progress)
+    models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params,
+                        extra=[Dataset.load(e) for e in extras], progress=progress)
     model = models["mlhk"]
     start = load_trajectory(Path(md_dir) / f"{mol}-test-300K.npz")
     numbers = start["numbers"]
@@ -225,8 +229,9 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
            "energy_sigma": float(model.energy_hyper_.sigma), "energy_lam": float(model.energy_hyper_.lam),
            "fixed": sorted(k for k in (params or {}) if k != "cv_rule"),
            "cv_rule": (params or {}).get("cv_rule", "min")}
-    if extra is not None:  # the trajectory depends on the extra frames' content, not on where the file lies
-        key.update(extra_frames=models["extra"], extra_sha256=file_sha256(extra))
+    if extras:  # the trajectory depends on the extra frames' content, not on where the files lie
+        sha = [file_sha256(e) for e in extras]
+        key.update(extra_frames=models["extra"], extra_sha256=sha[0] if len(sha) == 1 else sha)
     traj_path = out / "fig3b-trajectory.npz"
     traj = None
     if traj_path.is_file():
@@ -268,7 +273,6 @@ def fig3a(out, data_dir, md_dir, m=None, progress: Progress = null_progress, log
     """
     from ase.data import atomic_masses
 
-    from ..datasets import Dataset
     from ..geometry import best_orderings
 
     out = Path(out)
