@@ -129,7 +129,7 @@ def _cmd_reproduce(args) -> int:
             print(f"mlhk-viz reproduce fig3b: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
             return 2
         figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, params=params,
-                      seed=args.seed, extra=args.extra, progress=bar, log=print)
+                      seed=args.seed, extra=args.extra, overwrite=args.overwrite, progress=bar, log=print)
     else:
         getattr(figures, args.what)(Path(args.out), data_dir, md_dir, m=args.m, progress=bar, log=print)
     bar.close()
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--extra", nargs="+", metavar="FILE",
                    help="fig3b: data sets of more PBE frames of the molecule to train on beside the pool, "
                         "e.g. earlier runs' fig3b-pbe.npz (active learning, beyond the paper's protocol)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="fig3b: replace a run of another model or protocol in --out (its trajectory and PBE single points)")
     r.add_argument("--lam", type=float, help="fig3b: fix the density model's ridge λ (default: LOO CV)")
     r.add_argument("--energy-lam", type=float,
                    help="fig3b: fix the energy functional's ridge λ (default: LOO CV); σ stays chosen by CV")

@@ -49,6 +49,19 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     kept.write_bytes(b"earlier results")
     assert main(["reproduce", "fig3b", "--out", str(kept.parent), "--extra", str(there), str(kept)]) == 1
     assert "give the new run another --out folder" in capsys.readouterr().err and kept.read_bytes() == b"earlier results"
+    # a folder holding another run (here: seed 0) is refused at once, naming the difference, and left as it was
+    import numpy as np
+
+    from mlhk_viz.datasets import save_npz
+    earlier = tmp_path / "earlier" / "fig3b-trajectory.npz"
+    earlier.parent.mkdir()
+    key = {"molecule": "malonaldehyde", "duration_fs": 1000.0, "every_fs": 5.0, "seed": 0, "forces": "fd",
+           "fixed": [], "cv_rule": "min"}
+    save_npz(earlier, {"times_fs": np.zeros(1)}, {"format": "mlhk-viz-mlhk-md", "version": 1, "key": key})
+    before = earlier.read_bytes()
+    assert main(["reproduce", "fig3b", "--out", str(earlier.parent), "--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "differs in seed" in err and "--overwrite" in err and earlier.read_bytes() == before
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--seed=-1"]) == 2
     assert "--seed must be a non-negative integer, got -1" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
@@ -119,6 +132,22 @@ def test_fit_models_extra_frames_are_appended_to_the_pool():
     extra.meta["method"] = dict(extra.meta["method"], functional="B3LYP")
     with pytest.raises(ValueError, match="method .*B3LYP.* differs from the training set's"):
         figures.fit_models("ethane", data, md, m=10, kinds=("mlhk",), params=params, extra=extra)
+
+
+def test_fig3b_run_keys_match_floats_to_the_last_bits_only():
+    """A refit on another numpy/BLAS build reproduces a CV-chosen σ to the last bits: the saved run is still
+    reused; real differences, other lists and missing entries are named."""
+    from mlhk_viz.reproduce.figures import key_differences
+
+    saved = {"seed": 1, "sigma": 304.4121148458957, "extra_sha256": ["a", "b"], "fixed": ["lam"], "lam": 1e-8}
+    assert key_differences(saved, dict(saved, sigma=304.4121148458957 * (1 + 3e-15))) == []
+    assert key_differences(saved, dict(saved, sigma=304.5, seed=2)) == ["seed", "sigma"]
+    assert key_differences(saved, dict(saved, extra_sha256=["a", "c"])) == ["extra_sha256"]
+    assert key_differences(saved, dict(saved, extra_sha256="a")) == ["extra_sha256"]
+    new = {k: v for k, v in saved.items() if k != "lam"}
+    assert key_differences(saved, new) == ["lam"] and key_differences(saved, new, only={"seed", "fixed"}) == []
+    assert key_differences({"seed": 1}, {"seed": 1.0}) == [] and key_differences({"x": "a"}, {"x": 1.0}) == ["x"]
+    assert key_differences({"seed": 1}, {"seed": 1}, only={"seed", "extra_sha256"}) == []  # absent from both
 
 
 def test_power_law_fit_recovers_an_exact_power_law():
@@ -337,6 +366,15 @@ def test_fig3b_machinery_on_a_short_ethane_run(tmp_path):
     both = [pbe, Dataset.load(tmp_path / "round2" / "fig3b-pbe.npz")]
     refit3 = figures.fit_models("ethane", root / "data", root / "data" / "md", m=15, kinds=("mlhk",), extra=both)["mlhk"]
     np.testing.assert_allclose(traj3["energies_hartree"], refit3.predict(traj3["positions"]), atol=1e-7)
+    # another seed into the same folder is refused before anything is fitted or written; --overwrite replaces the run
+    traj_stamp = (tmp_path / "fig3b-trajectory.npz").stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"differs in seed\); its trajectory and PBE single points are kept"):
+        figures.fig3b(tmp_path, root / "data", root / "data" / "md", **dict(kw, seed=7))
+    assert (tmp_path / "fig3b-trajectory.npz").stat().st_mtime_ns == traj_stamp
+    assert (tmp_path / "fig3b-pbe.npz").stat().st_mtime_ns == stamp
+    replaced = figures.fig3b(tmp_path, root / "data", root / "data" / "md", **dict(kw, duration_fs=5.0, overwrite=True))
+    assert replaced["frames"] == 3 and replaced["frames_with_pbe"] == 2 and replaced["duration_fs"] == 5.0
+    assert len(Dataset.load(tmp_path / "fig3b-pbe.npz").energies) == 2
 
 
 def figures_tautomer():

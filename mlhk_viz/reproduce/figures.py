@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -183,10 +184,37 @@ def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progres
     return res
 
 
+def key_differences(saved: dict, key: dict, only=None) -> list[str]:
+    """The entries (of ``only``, default all) where a saved run's ``key`` and a new run's differ.
+
+    Floats count as equal to 1e-9 relative: a σ chosen by CV is a factor times a median distance,
+    and a refit with another numpy or BLAS build reproduces it to the last few bits only.
+    """
+    def same(a, b):
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, float) or isinstance(b, float):
+            try:
+                return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+            except (TypeError, ValueError):
+                return False
+        return a == b
+
+    names = sorted(set(saved) | set(key)) if only is None else sorted(only)
+    return [k for k in names if (k in saved) != (k in key) or (k in saved and not same(saved[k], key[k]))]
+
+
+def _refuse_other_run(traj_path: Path, diff: list[str]) -> None:
+    if diff:
+        raise ValueError(f"fig3b: {traj_path.parent} holds a run of another model or protocol (it differs in "
+                         f"{', '.join(diff)}); its trajectory and PBE single points are kept. Give another --out "
+                         f"folder, or --overwrite to replace them")
+
+
 def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: float = 5.0,
           pbe_every_fs: float = 50.0, forces: str = "fd", seed: int = 0, n_workers: int = 2,
-          molecule: str = "malonaldehyde", params: dict | None = None, extra=None, progress: Progress = null_progress,
-          log=print) -> dict:
+          molecule: str = "malonaldehyde", params: dict | None = None, extra=None, overwrite: bool = False,
+          progress: Progress = null_progress, log=print) -> dict:
     """ML-HK-driven Langevin MD of ``molecule`` (the paper: malonaldehyde) and PBE single points on its snapshots.
 
     ``params``: fixed ML-HK hyperparameters (see :func:`fit_models`). LOO CV picks the ridge λ that
@@ -197,7 +225,9 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     ``forces="fd"`` is the paper's central finite differences (ε = 0.001 Å); ``"analytic"`` gives
     the same forces to 1e-6 relative at one evaluation per step. The trajectory is saved as
     ``fig3b-trajectory.npz`` and reused when it exists for the same model (so a rerun only finishes
-    the PBE single points).
+    the PBE single points). A folder holding a run of another model or protocol is refused, before
+    anything is fitted where the options already differ, unless ``overwrite`` (then that run's
+    trajectory and single points are replaced).
 
     ``extra``: path of a data set of more PBE frames to train on beside the pool (:func:`fit_models`),
     or a sequence of paths, e.g. the ``fig3b-pbe.npz`` of earlier runs with other seeds: rounds of active
@@ -214,6 +244,14 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
         if e.resolve() == (out / "fig3b-pbe.npz").resolve():
             raise ValueError(f"fig3b: the extra frames {e} are where this run writes its own single points; "
                              f"give the new run another --out folder so they are kept")
+    traj_path = out / "fig3b-trajectory.npz"
+    saved = load_npz(traj_path, kind="mlhk-viz-mlhk-md")[1].get("key", {}) if traj_path.is_file() else None
+    sha = [file_sha256(e) for e in extras]
+    plan = {"molecule": molecule, "duration_fs": duration_fs, "every_fs": every_fs, "seed": seed, "forces": forces,
+            "fixed": sorted(k for k in (params or {}) if k != "cv_rule"), "cv_rule": (params or {}).get("cv_rule", "min"),
+            **({"extra_sha256": sha[0] if len(sha) == 1 else sha} if sha else {})}
+    if saved is not None and not overwrite:  # refuse early what the options alone tell apart
+        _refuse_other_run(traj_path, key_differences(saved, plan, only=set(plan) | {"extra_sha256"}))
     out.mkdir(parents=True, exist_ok=True)
     mol = molecule
     models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params,
@@ -227,18 +265,19 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
            "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
            "lam": float(np.atleast_1d(model.density_model_.lam_)[0]),
            "energy_sigma": float(model.energy_hyper_.sigma), "energy_lam": float(model.energy_hyper_.lam),
-           "fixed": sorted(k for k in (params or {}) if k != "cv_rule"),
-           "cv_rule": (params or {}).get("cv_rule", "min")}
+           "fixed": plan["fixed"], "cv_rule": plan["cv_rule"]}
     if extras:  # the trajectory depends on the extra frames' content, not on where the files lie
-        sha = [file_sha256(e) for e in extras]
-        key.update(extra_frames=models["extra"], extra_sha256=sha[0] if len(sha) == 1 else sha)
-    traj_path = out / "fig3b-trajectory.npz"
+        key.update(extra_frames=models["extra"], extra_sha256=plan["extra_sha256"])
     traj = None
-    if traj_path.is_file():
-        arrays, meta = load_npz(traj_path, kind="mlhk-viz-mlhk-md")
-        if meta.get("key") == key:
-            traj = arrays
+    if saved is not None:
+        diff = key_differences(saved, key)
+        if not diff:
+            traj = load_npz(traj_path, kind="mlhk-viz-mlhk-md")[0]
             log(f"fig3b: reusing {traj_path}")
+        elif not overwrite:
+            _refuse_other_run(traj_path, diff)
+        else:
+            log(f"fig3b: replacing the run in {out} (it differs in {', '.join(diff)})")
     if traj is None:
         t0 = time.perf_counter()
         log(f"fig3b: {duration_fs:g} fs of Langevin MD on ML-HK ({forces} forces, M = {models['M']})")
