@@ -299,7 +299,8 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     pbe[pick] = np.where(ds.converged, ds.energies, np.nan)
     return _write(out, "fig3b", times, {"pbe": pbe, "mlhk": traj["energies_hartree"]},
                   f"Fig. 3b: {mol}, 300 K Langevin MD on ML-HK forces ({meta['status']}, M = {models['M']}"
-                  + (f" + {models['extra']} active-learning frames)" if extras else ")"),
+                  + (f" + {models['extra']} frames)\nthe extra frames: PBE single points on earlier ML-HK runs "
+                     f"(active learning)" if extras else ")"),
                   dict(key, status=meta["status"]), log)
 
 
