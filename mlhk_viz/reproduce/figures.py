@@ -245,7 +245,8 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
             raise ValueError(f"fig3b: the extra frames {e} are where this run writes its own single points; "
                              f"give the new run another --out folder so they are kept")
     traj_path = out / "fig3b-trajectory.npz"
-    saved = load_npz(traj_path, kind="mlhk-viz-mlhk-md")[1].get("key", {}) if traj_path.is_file() else None
+    saved_arrays, saved_meta = load_npz(traj_path, kind="mlhk-viz-mlhk-md") if traj_path.is_file() else (None, None)
+    saved = None if saved_meta is None else saved_meta.get("key", {})
     sha = [file_sha256(e) for e in extras]
     plan = {"molecule": molecule, "duration_fs": duration_fs, "every_fs": every_fs, "seed": seed, "forces": forces,
             "fixed": sorted(k for k in (params or {}) if k != "cv_rule"), "cv_rule": (params or {}).get("cv_rule", "min"),
@@ -272,7 +273,7 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     if saved is not None:
         diff = key_differences(saved, key)
         if not diff:
-            traj = load_npz(traj_path, kind="mlhk-viz-mlhk-md")[0]
+            traj = saved_arrays
             log(f"fig3b: reusing {traj_path}")
         elif not overwrite:
             _refuse_other_run(traj_path, diff)
