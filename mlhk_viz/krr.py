@@ -858,6 +858,25 @@ class KernelRidgeModel:
         out += self.offset_
         return out[:, 0] if self._squeeze else out
 
+    def loo_predictions(self) -> np.ndarray:
+        """Exact leave-one-out predictions at the training points: row ``i`` is what the model
+        fitted without training point ``i`` predicts for it (same sigma, lambda and offset).
+
+        Returns (M, L) ((M,) when fitted with 1-D Y). Costs one M x M x L multiply per sigma
+        group; needs the projected targets (see :meth:`set_lambda`).
+        """
+        self._check_fitted()
+        if any(g.P is None for g in self._groups):
+            raise RuntimeError("loo_predictions needs the projected targets; this model was loaded without them")
+        out = np.empty((self.n_train_, self.n_outputs_))
+        for g in self._groups:
+            lam = self.lam_[g.sel]
+            lam = float(lam[0]) if np.all(lam == lam[0]) else lam
+            r = EigenKRR._from_parts(g.eigvals, g.eigvecs, g.P, self.offset_[g.sel]).loo_residuals(lam)
+            # the training targets are Q P + offset (Q is a full orthonormal basis)
+            out[:, g.sel] = g.eigvecs @ g.P - r + self.offset_[g.sel]
+        return out[:, 0] if self._squeeze else out
+
     def variance(self, sq_dist_cross, sq_self=None, sigma=None, lam=None) -> np.ndarray:
         """GP posterior variance of the noise-free latent function, per test point.
 

@@ -29,6 +29,8 @@ from .progress import Progress, null_progress
 #: default CV grids: sigma as multiples of the median training distance, lambda absolute
 SIGMA_FACTORS = tuple(np.logspace(-1.5, 1.5, 21).round(6))
 LAMBDAS = tuple(10.0 ** np.arange(-14, 0))
+#: what the energy functional is trained on (``MLHK(energy_features=...)``)
+ENERGY_FEATURES = ("predicted", "loo", "dft")
 
 MODEL_FORMAT = "mlhk-viz-model"
 MODEL_VERSION = 1
@@ -260,8 +262,11 @@ class MLHK(_Base):
         (only when ``sigma``/``lam`` are None).
     energy_sigma, energy_lam : float or None
         Energy functional's kernel width (in density-L2 units) and ridge; None: by CV.
-    energy_features : "predicted" or "dft"
-        Train the functional on the model's own in-sample densities (Eq. 13) or on the DFT ones.
+    energy_features : "predicted", "loo" or "dft"
+        Train the functional on the model's own in-sample densities (Eq. 13), on its exact
+        leave-one-out densities (each training molecule's density as predicted by the density
+        model fitted without it: errors like those the functional meets out of sample; beyond
+        the paper), or on the DFT ones.
     cv, cv_rule, sigma_factors, lams, reference, permutations : as in :class:`MLKS` (``cv_rule``
         applies to the density model and the energy functional alike; ``"1se"`` needs
         ``per_coefficient=False``).
@@ -280,8 +285,9 @@ class MLHK(_Base):
 
     def fit(self, X, y, coefficients, numbers=None, progress: Progress = null_progress):
         """Fit on molecules ``X``, energies ``y`` ``(n,)`` Hartree and DFT coefficients ``(n, basis.size)``."""
-        if self.energy_features not in ("predicted", "dft"):
-            raise ValueError(f"energy_features must be 'predicted' or 'dft', got {self.energy_features!r}")
+        if self.energy_features not in ENERGY_FEATURES:
+            raise ValueError(f"energy_features must be one of {', '.join(map(repr, ENERGY_FEATURES))}, "
+                             f"got {self.energy_features!r}")
         if _check_rule(self.cv_rule) == "1se" and self.per_coefficient and (self.sigma is None or self.lam is None):
             raise ValueError("cv_rule='1se' chooses one (sigma, lam) for all coefficients: it needs per_coefficient=False")
         pos = self._prepare_fit(X, numbers, densities=True)
@@ -299,7 +305,8 @@ class MLHK(_Base):
         return self
 
     def _fit_energy(self, D, U, y, progress):
-        F = self.density_model_.predict(D) if self.energy_features == "predicted" else U
+        F = {"predicted": lambda: self.density_model_.predict(D), "loo": self.density_model_.loo_predictions,
+             "dft": lambda: U}[self.energy_features]()
         self.energy_features_ = F
         DF = sq_feature_distances(F)
         self.energy_hyper_ = _choose(DF, y[:, None], self.energy_sigma, self.energy_lam, self.sigma_factors,

@@ -121,6 +121,24 @@ def test_loo_per_output_lambda_equals_refits(data):
         rel_close(R[:, j], refit_residuals(K, Yc[:, [j]], lam[j], LOO)[:, 0], 1e-10)
 
 
+@pytest.mark.parametrize("lam", [1e-2, np.geomspace(1e-3, 1e-1, L)])
+def test_model_loo_predictions_equal_explicit_refits(data, lam):
+    """Row i of ``loo_predictions`` is the prediction at x_i of a model refitted without point i
+    (same sigma, lambda and offset); with two sigma groups each group uses its own kernel."""
+    sig = np.where(np.arange(L) < 3, data["sigma"], 1.7 * data["sigma"])
+    model = KernelRidgeModel().fit(data["D"], data["Y"], sig, lam)
+    got = model.loo_predictions()
+    lams = np.broadcast_to(lam, (L,))
+    for j in range(L):
+        K = gaussian_kernel(data["D"], sig[j])
+        off = data["Y"][:, j].mean()
+        Yc = data["Y"][:, [j]] - off
+        ref = data["Y"][:, j] - refit_residuals(K, Yc, lams[j], LOO)[:, 0]
+        rel_close(got[:, j], ref, 1e-9)
+    # the in-sample fit is closer to the targets than the held-out predictions at every point
+    assert np.all(np.abs(model.predict(data["D"]) - data["Y"]).sum(1) < np.abs(got - data["Y"]).sum(1))
+
+
 @pytest.mark.parametrize("k", [2, 5, 7])
 def test_kfold_equals_explicit_refits(data, k):
     K = gaussian_kernel(data["D"], data["sigma"])

@@ -45,6 +45,33 @@ def test_mlhk_fixed_hyperparameters_equal_independent_krr(h2, h2_split):
     np.testing.assert_allclose(m.predict(h2.positions[test]), e_ref, rtol=0, atol=1e-9)
 
 
+def test_energy_functional_on_leave_one_out_densities_equals_explicit_refits(tmp_path, h2, h2_split):
+    """``energy_features="loo"``: the functional's training densities are those of density models refitted
+    without each molecule (sklearn), and the model file keeps them."""
+    train, test = h2_split
+    U, E = h2.coefficients(), h2.energies
+    s, lam = 30.0, 1e-6
+    m = MLHK(gamma=0.2, spacing=0.1, sigma=s, lam=lam, energy_features="loo").fit(
+        h2.positions[train], E[train], U[train], numbers=h2.numbers)
+    Dtr = _brute_sq_dist(h2.positions[train], h2.positions[train], h2.numbers, 0.2, 0.1, m.axes_)
+    K = np.exp(-Dtr / (2 * s**2))
+    off = U[train].mean(0)  # the constant offset of the full fit, as the closed form keeps it
+    ref = np.empty_like(m.energy_features_)
+    for i in range(len(train)):
+        keep = np.arange(len(train)) != i
+        kr = KernelRidge(kernel="precomputed", alpha=lam).fit(K[np.ix_(keep, keep)], U[train][keep] - off)
+        ref[i] = kr.predict(K[i:i + 1, keep])[0] + off
+    np.testing.assert_allclose(m.energy_features_, ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+    inner = MLHK(gamma=0.2, spacing=0.1, sigma=s, lam=lam).fit(h2.positions[train], E[train], U[train],
+                                                                 numbers=h2.numbers)
+    assert np.abs(m.energy_features_ - U[train]).sum() > np.abs(inner.energy_features_ - U[train]).sum()
+    back = load_model(save_model(m, tmp_path / "loo.mlhk.npz"))
+    assert back.energy_features == "loo"
+    np.testing.assert_array_equal(back.predict(h2.positions[test]), m.predict(h2.positions[test]))
+    with pytest.raises(ValueError, match=r"energy_features must be one of 'predicted', 'loo', 'dft', got 'oob'"):
+        MLHK(energy_features="oob").fit(h2.positions[train], E[train], U[train], numbers=h2.numbers)
+
+
 def test_error_decomposition_sums_exactly(h2, h2_split):
     train, test = h2_split
     U = h2.coefficients()

@@ -62,6 +62,10 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["reproduce", "fig3b", "--out", str(earlier.parent), "--seed", "3"]) == 1
     err = capsys.readouterr().err
     assert "differs in seed" in err and "--overwrite" in err and earlier.read_bytes() == before
+    # the energy functional's training densities are part of the protocol (recorded only when not the paper's)
+    assert main(["reproduce", "fig3b", "--out", str(earlier.parent), "--energy-features", "loo"]) == 1
+    err = capsys.readouterr().err
+    assert "differs in energy_features" in err and "fixed" not in err and earlier.read_bytes() == before
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--seed=-1"]) == 2
     assert "--seed must be a non-negative integer, got -1" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
@@ -306,7 +310,17 @@ def test_cli_cv_rule_is_passed_on_and_checked(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(table2, "run", lambda *a, **k: seen.append(k.get("params")))
     assert main(["reproduce", "table2", "--out", str(tmp_path / "a"), "--cv-rule", "1se"]) == 0
     assert main(["reproduce", "table2", "--out", str(tmp_path / "b")]) == 0
-    assert seen == [{"cv_rule": "1se"}, None]
+    assert main(["reproduce", "table2", "--out", str(tmp_path / "c"), "--energy-features", "loo"]) == 0
+    assert main(["reproduce", "table2", "--out", str(tmp_path / "d"), "--energy-features", "predicted",
+                 "--cv-rule", "1se"]) == 0
+    assert seen == [{"cv_rule": "1se"}, None, {"energy_features": "loo"}, {"cv_rule": "1se"}]
+    from mlhk_viz import cli, models
+
+    assert cli.ENERGY_FEATURES == models.ENERGY_FEATURES and cli.DEFAULT_PROTOCOL["energy_features"] == \
+        models.MLHK().energy_features and cli.DEFAULT_PROTOCOL["cv_rule"] == models.MLHK().cv_rule
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "table2", "--out", str(tmp_path / "o"), "--energy-features", "oob"])
+    assert exc.value.code == 2 and "invalid choice: 'oob'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["reproduce", "table2", "--out", str(tmp_path / "o"), "--cv-rule", "median"])
     assert exc.value.code == 2 and "invalid choice: 'median'" in capsys.readouterr().err
@@ -314,6 +328,9 @@ def test_cli_cv_rule_is_passed_on_and_checked(tmp_path, capsys, monkeypatch):
     md = table2.format_markdown([], [], [], params={"cv_rule": "1se", "energy_lam": 1e-4})
     assert "one-standard-error rule" in md and "fixed: energy_lam = 0.0001" in md
     assert "lowest CV error (the paper's protocol)" in table2.format_markdown([], [], [])
+    md = table2.format_markdown([], [], [], params={"energy_features": "loo"})
+    assert "energy functional trained on the density model's leave-one-out predicted densities (beyond" in md
+    assert "fixed:" not in md
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ from .table2 import TRAININGS
 #: which training set a figure uses when several exist with as many frames (the paper's choice first)
 PREFERENCE = {"benzene": ("300", "300+350", "300+400"), "ethane": ("300", "300+350", "300+400"),
               "malonaldehyde": ("300+350", "300", "300+400")}
+#: ML-HK options that choose how the model is made rather than fix a hyperparameter's value
+PROTOCOL_CHOICES = ("cv_rule", "energy_features")
 
 
 def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
@@ -249,10 +251,14 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     saved = None if saved_meta is None else saved_meta.get("key", {})
     sha = [file_sha256(e) for e in extras]
     plan = {"molecule": molecule, "duration_fs": duration_fs, "every_fs": every_fs, "seed": seed, "forces": forces,
-            "fixed": sorted(k for k in (params or {}) if k != "cv_rule"), "cv_rule": (params or {}).get("cv_rule", "min"),
+            "fixed": sorted(k for k in (params or {}) if k not in PROTOCOL_CHOICES),
+            "cv_rule": (params or {}).get("cv_rule", "min"),
+            # recorded only when not the paper's, so runs saved before the option existed still match
+            **({"energy_features": params["energy_features"]} if (params or {}).get("energy_features", "predicted")
+               != "predicted" else {}),
             **({"extra_sha256": sha[0] if len(sha) == 1 else sha} if sha else {})}
     if saved is not None and not overwrite:  # refuse early what the options alone tell apart
-        _refuse_other_run(traj_path, key_differences(saved, plan, only=set(plan) | {"extra_sha256"}))
+        _refuse_other_run(traj_path, key_differences(saved, plan, only=set(plan) | {"extra_sha256", "energy_features"}))
     out.mkdir(parents=True, exist_ok=True)
     mol = molecule
     models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params,
@@ -266,7 +272,8 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
            "sigma": float(np.atleast_1d(model.density_model_.sigma_)[0]),
            "lam": float(np.atleast_1d(model.density_model_.lam_)[0]),
            "energy_sigma": float(model.energy_hyper_.sigma), "energy_lam": float(model.energy_hyper_.lam),
-           "fixed": plan["fixed"], "cv_rule": plan["cv_rule"]}
+           "fixed": plan["fixed"], "cv_rule": plan["cv_rule"],
+           **({"energy_features": plan["energy_features"]} if "energy_features" in plan else {})}
     if extras:  # the trajectory depends on the extra frames' content, not on where the files lie
         key.update(extra_frames=models["extra"], extra_sha256=plan["extra_sha256"])
     traj = None
