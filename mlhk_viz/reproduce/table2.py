@@ -298,7 +298,7 @@ def format_markdown(rows, curves, dens, missing=(), params: dict | None = None) 
            if rule == "min" else "every σ and λ by leave-one-out CV on the training set, one-standard-error rule "
            "(the smoothest model within one standard error of the lowest CV error)")
     feats = params.pop("energy_features", None)
-    if feats is not None:
+    if feats not in (None, "predicted"):
         how += f"; energy functional trained on {ENERGY_FEATURE_WORDS.get(feats, feats)} (beyond the paper)"
     if params:
         how += "; fixed: " + ", ".join(f"{k} = {v:g}" for k, v in sorted(params.items()))
