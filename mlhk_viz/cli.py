@@ -93,6 +93,11 @@ def _cmd_assemble(args) -> int:
     return 0
 
 
+def _protocol(args) -> dict:
+    """The ML-HK protocol options the user set away from the paper's (``DEFAULT_PROTOCOL``)."""
+    return {k: getattr(args, k) for k, paper in DEFAULT_PROTOCOL.items() if getattr(args, k) != paper}
+
+
 def _cmd_reproduce(args) -> int:
     from .progress import TqdmProgress
     from .reproduce import figures, table1, table2
@@ -107,9 +112,7 @@ def _cmd_reproduce(args) -> int:
         table1.run(Path(args.out), data_dir=data_dir, curve_max=args.curve_max, progress=bar, log=print)
     elif args.what == "table2":
         molecules = tuple(args.molecules.split(",")) if args.molecules else table2.MOLECULES
-        params = {k: v for k, v in (("cv_rule", args.cv_rule), ("energy_features", args.energy_features))
-                  if v != DEFAULT_PROTOCOL[k]}
-        table2.run(Path(args.out), data_dir, md_dir, m=args.m, molecules=molecules, params=params or None,
+        table2.run(Path(args.out), data_dir, md_dir, m=args.m, molecules=molecules, params=_protocol(args) or None,
                    progress=bar, log=print)
     elif args.what == "fig3b":
         mol = args.molecules or "malonaldehyde"
@@ -125,9 +128,7 @@ def _cmd_reproduce(args) -> int:
                           file=sys.stderr)
                     return 2
                 params[name] = v
-        for k in ("cv_rule", "energy_features"):
-            if getattr(args, k) != DEFAULT_PROTOCOL[k]:
-                params[k] = getattr(args, k)
+        params.update(_protocol(args))
         for e in args.extra or ():
             if not Path(e).is_file():
                 print(f"mlhk-viz reproduce fig3b: --extra {e}: no such file", file=sys.stderr)

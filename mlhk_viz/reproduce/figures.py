@@ -250,12 +250,12 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
     saved_arrays, saved_meta = load_npz(traj_path, kind="mlhk-viz-mlhk-md") if traj_path.is_file() else (None, None)
     saved = None if saved_meta is None else saved_meta.get("key", {})
     sha = [file_sha256(e) for e in extras]
+    feats = (params or {}).get("energy_features", "predicted")
     plan = {"molecule": molecule, "duration_fs": duration_fs, "every_fs": every_fs, "seed": seed, "forces": forces,
             "fixed": sorted(k for k in (params or {}) if k not in PROTOCOL_CHOICES),
             "cv_rule": (params or {}).get("cv_rule", "min"),
             # recorded only when not the paper's, so runs saved before the option existed still match
-            **({"energy_features": params["energy_features"]} if (params or {}).get("energy_features", "predicted")
-               != "predicted" else {}),
+            **({"energy_features": feats} if feats != "predicted" else {}),
             **({"extra_sha256": sha[0] if len(sha) == 1 else sha} if sha else {})}
     if saved is not None and not overwrite:  # refuse early what the options alone tell apart
         _refuse_other_run(traj_path, key_differences(saved, plan, only=set(plan) | {"extra_sha256", "energy_features"}))
@@ -273,7 +273,7 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
            "lam": float(np.atleast_1d(model.density_model_.lam_)[0]),
            "energy_sigma": float(model.energy_hyper_.sigma), "energy_lam": float(model.energy_hyper_.lam),
            "fixed": plan["fixed"], "cv_rule": plan["cv_rule"],
-           **({"energy_features": plan["energy_features"]} if "energy_features" in plan else {})}
+           **{k: plan[k] for k in ("energy_features",) if k in plan}}
     if extras:  # the trajectory depends on the extra frames' content, not on where the files lie
         key.update(extra_frames=models["extra"], extra_sha256=plan["extra_sha256"])
     traj = None
