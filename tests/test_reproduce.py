@@ -451,3 +451,68 @@ def test_fig3a_end_to_end_equals_an_explicit_refit(tmp_path):
     assert info["errors_atoms_by_index"]["mlhk"]["mae"] == pytest.approx(by_index.mean(), rel=1e-9)
     assert not np.allclose(by_index[3:], err[3:], atol=1e-3)  # matched by index, the relabelled frames differ
     assert (tmp_path / "out" / "fig3a.png").stat().st_size > 5000
+
+
+def test_fig2_end_to_end_equals_an_explicit_refit(tmp_path, capsys):
+    """fig2 on ethane's committed trace frames at M = 12: the CSV holds the trace's times and PBE energies,
+    and ML-HK / ML-KS energies and statistics equal a refit of the library models on the same training
+    frames. A molecule without trace frames is skipped with a message, a bad name is an error before
+    anything is written, and the CLI passes --molecules on."""
+    import csv
+
+    import numpy as np
+
+    from mlhk_viz.evaluation import KCAL_PER_HARTREE
+    from mlhk_viz.models import MLHK, MLKS
+    from mlhk_viz.reference.forcefield import equivalent_orderings
+    from mlhk_viz.reference.md import load_trajectory
+    from mlhk_viz.reference.md_sets import frames, load_partial
+    from mlhk_viz.reproduce import figures
+
+    root = Path(__file__).resolve().parent.parent
+    md = root / "data" / "md"
+    data = tmp_path / "data"
+    data.mkdir()
+    # the chunked sets as committed (a finished one-block file, 300+400 K, would expand all 2000 frames for M = 12)
+    for d in sorted((root / "data").glob("ethane-t*.npz.parts-*")) + sorted((root / "data").glob("ethane-trace.npz")):
+        (data / d.name).symlink_to(d)
+    assert list(data.glob("ethane-trace.npz*")), "the committed ethane trace frames (data/ethane-trace.npz*) are missing"
+    with pytest.raises(ValueError, match="fig2: molecules must be among benzene, ethane, malonaldehyde; got water"):
+        figures.fig2(tmp_path / "bad", data, md, m=12, molecules=("water",), log=lambda *a: None)
+    assert not (tmp_path / "bad").exists()
+
+    said = []
+    res = figures.fig2(tmp_path / "out", data, md, m=12, molecules=("benzene", "ethane"), log=said.append)
+    assert list(res) == ["ethane"]
+    assert any("fig2 benzene: no PBE frames of the trace yet" in s for s in said)
+    trace = load_partial("ethane", "trace", data, md)
+    _, _, info = frames("ethane", "trace", md)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "fig2-ethane.csv")))
+    assert len(rows) == len(trace) >= 10
+    np.testing.assert_allclose([float(r["time_fs"]) for r in rows], np.asarray(info["times_fs"])[trace.meta["frames"]])
+    np.testing.assert_allclose([float(r["E_pbe_hartree"]) for r in rows], trace.energies, atol=1e-9)
+
+    label, train, idx = figures.training_set("ethane", data, md, 12)
+    assert len(idx) == 12 and res["ethane"]["M"] == 12 and res["ethane"]["training"] == label
+    ref = load_trajectory(md / "ethane-test-300K.npz")["reference"]
+    perms = equivalent_orderings("ethane")
+    hk = MLHK(reference=ref, permutations=perms).fit(train.positions[idx], train.energies[idx],
+                                                     train.coefficients(rows=idx), numbers=train.numbers)
+    ks = MLKS(reference=ref, permutations=perms).fit(train.positions[idx], train.energies[idx], numbers=train.numbers)
+    ok = trace.converged
+    for name, model in (("mlhk", hk), ("mlks", ks)):
+        pred = model.predict(trace.positions)
+        np.testing.assert_allclose([float(r[f"E_{name}_hartree"]) for r in rows], pred, atol=1e-9)
+        err = np.abs(pred[ok] - trace.energies[ok]) * KCAL_PER_HARTREE
+        assert res["ethane"]["stats"][name]["mae"] == pytest.approx(err.mean(), rel=1e-9)
+        assert res["ethane"]["stats"][name]["max"] == pytest.approx(err.max(), rel=1e-9)
+    assert json.loads((tmp_path / "out" / "fig2-ethane.json").read_text()) == res["ethane"]
+    assert (tmp_path / "out" / "fig2-ethane.png").stat().st_size > 5000
+
+    base = ["reproduce", "fig2", "--data-dir", str(data), "--md-dir", str(md), "--m", "12"]
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "cli"), "--molecules", "benzene"]) == 0
+    assert "fig2 benzene: no PBE frames" in capsys.readouterr().out
+    assert not list((tmp_path / "cli").glob("fig2-ethane*"))  # only the molecules asked for
+    assert main(base + ["--out", str(tmp_path / "cli2"), "--molecules", "ethane,water"]) == 1
+    assert "got ethane, water" in capsys.readouterr().err and not (tmp_path / "cli2").exists()

@@ -163,9 +163,17 @@ def _write(out: Path, name: str, times_fs, series: dict, title: str, meta: dict,
 
 def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progress: Progress = null_progress,
          log=print) -> dict:
-    """Energies along the 20 ps classical trajectories (PBE frames that exist), ML-HK and ML-KS."""
+    """Energies along the 20 ps classical trajectories (PBE frames that exist), ML-HK and ML-KS.
+
+    Writes ``fig2-<molecule>.csv|png|json`` per molecule of ``molecules`` (the paper's are benzene and
+    ethane) that has PBE frames of its ``trace`` set; a molecule without them is skipped with a message.
+    Returns ``{molecule: statistics}`` as written to the JSON.
+    """
     from ..reference.md_sets import frames, load_partial
 
+    unknown = [m for m in molecules if m not in PREFERENCE]
+    if unknown or not molecules:
+        raise ValueError(f"fig2: molecules must be among {', '.join(PREFERENCE)}; got {', '.join(molecules) or 'none'}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res = {}
