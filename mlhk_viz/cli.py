@@ -84,7 +84,7 @@ def _cmd_assemble(args) -> int:
     if args.molecule not in MOLECULES:
         print(f"mlhk-viz assemble: unknown molecule {args.molecule!r}; choose from {list(MOLECULES)}", file=sys.stderr)
         return 2
-    ds = assemble(args.molecule, DATA_DIR, DATA_DIR / "md", training=args.training, m=args.m)
+    ds = assemble(args.molecule, DATA_DIR, DATA_DIR / "md", training=args.training, m=args.m, n_test=args.test)
     out = Path(args.out or DATA_DIR / f"{args.molecule}-md.npz")
     ds.save(out)
     r = ds.meta["roles"]
@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("molecule", help="benzene, ethane or malonaldehyde")
     a.add_argument("--training", help="train300, train300+350 or train300+400 (default: the one with most frames)")
     a.add_argument("--m", type=int, help="cap on the training-pool frames")
+    a.add_argument("--test", type=int, help="cap on the test frames (the first ones; default all)")
     a.add_argument("--out", help="output file (default data/<molecule>-md.npz)")
     a.set_defaults(func=_cmd_assemble)
 

@@ -208,3 +208,36 @@ def test_partial_md_set_is_cached_per_chunk(tmp_path, monkeypatch):
     u = ds.coefficients(rows=[size + 1])
     assert done == list(range(size, 2 * size))
     np.testing.assert_allclose(ds.basis.electron_count(u), 14.0, rtol=1e-3)  # ethane: 2 x 4 + 6 x 1 valence
+
+
+def test_assemble_caps_pool_and_test_and_keeps_the_trace(tmp_path, capsys):
+    """``assemble`` (the app's MD set) takes the first ``m`` pool and ``n_test`` test frames and the whole
+    trace, row for row from the committed sets; bad caps are refused before anything is written."""
+    from mlhk_viz.cli import main
+    from mlhk_viz.reference.md_sets import assemble, frames, load_partial
+
+    root = dsm.Path(__file__).resolve().parent.parent
+    data, md = root / "data", root / "data" / "md"
+    ds = assemble("ethane", data, md, training="train300", m=10, n_test=5)
+    roles = ds.meta["roles"]
+    pool, test, trace = (load_partial("ethane", s, data, md) for s in ("train300", "test", "trace"))
+    assert roles["pool"] == list(range(10)) and roles["test"] == list(range(10, 15))
+    assert roles["trajectory"] == list(range(15, 15 + len(trace)))
+    for rows, src, n in ((roles["pool"], pool, 10), (roles["test"], test, 5), (roles["trajectory"], trace, len(trace))):
+        np.testing.assert_array_equal(ds.positions[rows], src.positions[:n])
+        np.testing.assert_array_equal(ds.energies[rows], src.energies[:n])
+        np.testing.assert_array_equal(ds.mo_coeff[rows], src.mo_coeff[:n])
+    _, _, info = frames("ethane", "trace", md)
+    assert ds.meta["times_fs"] == np.asarray(info["times_fs"])[trace.meta["frames"]].tolist()
+    assert "10 training-pool frames (train300), 5 test frames" in ds.meta["description"]
+
+    out = tmp_path / "e.npz"
+    assert main(["assemble", "ethane", "--training", "train300", "--m", "10", "--test", "5", "--out", str(out)]) == 0
+    assert "10 pool, 5 test" in capsys.readouterr().out
+    back = dsm.Dataset.load(out)
+    assert back.meta["roles"] == roles
+    np.testing.assert_array_equal(back.positions, ds.positions)
+    for flag in ("--test", "--m"):
+        assert main(["assemble", "ethane", flag, "0", "--out", str(tmp_path / "bad.npz")]) == 1
+        assert "must be a positive number of frames, got 0" in capsys.readouterr().err
+        assert not (tmp_path / "bad.npz").exists()

@@ -111,17 +111,23 @@ def load_partial(molecule: str, which: str, data_dir, md_dir, method: dict = DEF
     return ds
 
 
-def assemble(molecule: str, data_dir, md_dir, training: str | None = None, m: int | None = None) -> Dataset:
+def assemble(molecule: str, data_dir, md_dir, training: str | None = None, m: int | None = None,
+             n_test: int | None = None) -> Dataset:
     """One data set of a molecule's PBE frames for the app: a training pool, the test frames, the trace.
 
     ``training`` is one of ``train300``, ``train300+350``, ``train300+400`` (default: the one with
-    the most PBE frames); ``m`` caps its frames. Rows are the pool, then the test frames, then the
-    trace frames in time order; ``meta["roles"]`` holds the row indices of each part
+    the most PBE frames); ``m`` caps its frames and ``n_test`` the test frames (the first ones: the test
+    frames are in random order, so a prefix is an unbiased subset, and the app expands fewer densities).
+    Rows are the pool, then the test frames, then the trace frames in time order; ``meta["roles"]``
+    holds the row indices of each part
     (``pool``, ``test``, ``trajectory``) and ``meta["times_fs"]`` the trace times, so the app uses
     the real test set (never the pool) for its statistics and draws the trace as a trajectory.
     """
     import pyscf
 
+    for name, cap in (("m", m), ("n_test", n_test)):
+        if cap is not None and cap < 1:
+            raise ValueError(f"assemble {molecule}: {name} must be a positive number of frames, got {cap}")
     parts = {s: load_partial(molecule, s, data_dir, md_dir) for s in ("train300", "train300+350", "train300+400")}
     parts = {s: d for s, d in parts.items() if d is not None}
     if training is None and parts:
@@ -135,11 +141,11 @@ def assemble(molecule: str, data_dir, md_dir, training: str | None = None, m: in
     trace = load_partial(molecule, "trace", data_dir, md_dir)
     pool = parts[training]
     pool_rows = np.arange(len(pool))[:m]
-    sets = [(pool, pool_rows), (test, np.arange(len(test)))]
+    sets = [(pool, pool_rows), (test, np.arange(len(test))[:n_test])]
     if trace is not None:
         sets.append((trace, np.arange(len(trace))))
     cat = lambda attr: np.concatenate([getattr(d, attr)[r] for d, r in sets])  # noqa: E731
-    n_pool, n_test = len(pool_rows), len(test)
+    n_pool, n_test = len(pool_rows), len(sets[1][1])
     roles = {"pool": list(range(n_pool)), "test": list(range(n_pool, n_pool + n_test)),
              "trajectory": list(range(n_pool + n_test, n_pool + n_test + (len(trace) if trace is not None else 0)))}
     times = []
