@@ -190,6 +190,25 @@ DATA_TO_SCREEN_JS = """
 }
 """
 
+Y_AXIS_JS = """
+(title) => {
+  // y scale type and range of the Bokeh plot whose title starts with `title`
+  const seen = new Set();
+  let found = null;
+  function walk(v) {
+    if (!v || seen.has(v) || found) return; seen.add(v);
+    const t = v.model && v.model.title && v.model.title.text;
+    if (t && t.startsWith(title) && v.model.y_scale) {
+      found = {scale: v.model.y_scale.type, start: v.model.y_range.start, end: v.model.y_range.end};
+      return;
+    }
+    for (const c of (v.child_views ?? [])) walk(c);
+  }
+  Object.values(window.Bokeh.index).forEach(walk);
+  return found;
+}
+"""
+
 TITLES_JS = """
 () => {
   const out = [], seen = new Set();
@@ -212,6 +231,16 @@ def test_app_in_browser(browser, server):
 
     ctx, page, errors = open_page(browser, server)
     first = wait_drawn(page)
+
+    # -- the density-error plot keeps its log axis and re-ranges to the data, although the page was built
+    # before the first fit finished (its first element was empty)
+    t0, axis = time.time(), None
+    while time.time() - t0 < 60:
+        axis = page.evaluate(Y_AXIS_JS, "Density error per test molecule")
+        if axis and axis["end"] < 1:
+            break
+        time.sleep(1.0)
+    assert axis and axis["scale"] == "LogScale" and 0 < axis["start"] < axis["end"] < 1, axis
 
     # -- the one-standard-error rule (M = 10, all by CV, where it moves every pick): the page shows the
     # library's picks by that rule, then the lowest-error ones again

@@ -386,11 +386,13 @@ def density_error_plot(state):
             return hv.Scatter([], kd, "‖n_ML − n_DFT‖₂")
         data = pd.DataFrame({kd: result.x_values[result.test], "‖n_ML − n_DFT‖₂": result.density_l2,
                              "molecule": result.test})
-        return hv.Scatter(data, kd, ["‖n_ML − n_DFT‖₂", "molecule"]).opts(
-            color=COL["mlhk"], size=6, tools=["tap", "hover"], logy=True, framewise=True,
-            title="Density error per test molecule (click a point)", width=420, height=300)
+        return hv.Scatter(data, kd, ["‖n_ML − n_DFT‖₂", "molecule"])
 
-    dm = hv.DynamicMap(pn.bind(pts, state.param.result)).opts(tools=["tap", "hover"], nonselection_alpha=0.5)
+    # plot options on the DynamicMap, not on its elements: the figure is built from the first element,
+    # which is the empty one when the app opens before its first fit, and a log axis cannot be added later
+    dm = hv.DynamicMap(pn.bind(pts, state.param.result)).opts(
+        color=COL["mlhk"], size=6, tools=["tap", "hover"], nonselection_alpha=0.5, logy=True, framewise=True,
+        title="Density error per test molecule (click a point)", width=420, height=300)
     _select_from(state, dm, lambda r, i: r.test[i])
     return pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["density-error-plot"])
 
