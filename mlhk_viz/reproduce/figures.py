@@ -26,7 +26,7 @@ from ..datasets import Dataset
 from ..evaluation import KCAL_PER_HARTREE
 from ..models import MLHK, MLKS
 from ..progress import Progress, null_progress
-from .table2 import TRAININGS
+from .table2 import MOLECULES, TRAININGS
 
 #: which training set a figure uses when several exist with as many frames (the paper's choice first)
 PREFERENCE = {"benzene": ("300", "300+350", "300+400"), "ethane": ("300", "300+350", "300+400"),
@@ -171,9 +171,9 @@ def fig2(out, data_dir, md_dir, m=None, molecules=("benzene", "ethane"), progres
     """
     from ..reference.md_sets import frames, load_partial
 
-    unknown = [m for m in molecules if m not in PREFERENCE]
+    unknown = [m for m in molecules if m not in MOLECULES]
     if unknown or not molecules:
-        raise ValueError(f"fig2: molecules must be among {', '.join(PREFERENCE)}; got {', '.join(molecules) or 'none'}")
+        raise ValueError(f"fig2: molecules must be among {', '.join(MOLECULES)}; got {', '.join(molecules) or 'none'}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res = {}
