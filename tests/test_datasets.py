@@ -210,6 +210,28 @@ def test_partial_md_set_is_cached_per_chunk(tmp_path, monkeypatch):
     np.testing.assert_allclose(ds.basis.electron_count(u), 14.0, rtol=1e-3)  # ethane: 2 x 4 + 6 x 1 valence
 
 
+@pytest.mark.parametrize("name", ["ethane-train300+400", "malonaldehyde-train300+350", "benzene-test"])
+def test_finished_md_sets_expand_only_the_chunks_a_prefix_needs(name, tmp_path, monkeypatch):
+    """A finished generated set keeps its generation chunks as cache blocks: M = 7 expands 2 chunks, not 2000 frames."""
+    path = dsm.Path(__file__).resolve().parent.parent / "data" / f"{name}.npz"
+    ds = Dataset.load(path)
+    assert ds.blocks is not None, f"{path}: one cache block, so any prefix expands every density"
+    starts = np.concatenate([[0], ds.blocks])
+    assert np.all(np.diff(starts) <= 10), f"{path}: blocks of more than 10 rows"
+    monkeypatch.setenv("MLHK_VIZ_CACHE", str(tmp_path / "cache"))
+    done = []
+    orig = ds.compute_coefficients
+    monkeypatch.setattr(ds, "compute_coefficients", lambda idx, *a, **k: done.extend(np.asarray(idx).tolist())
+                        or orig(idx, *a, **k))
+    u = ds.coefficients(rows=np.arange(7))
+    assert done == list(range(starts[np.searchsorted(starts, 6, side="right")]))
+    np.testing.assert_allclose(ds.basis.electron_count(u), ds.n_electrons, rtol=1e-3)
+    # the same rows read back from the per-chunk cache by a fresh object, with nothing expanded again
+    again = Dataset.load(path)
+    monkeypatch.setattr(again, "compute_coefficients", lambda *a, **k: pytest.fail("cache not used"))
+    np.testing.assert_array_equal(again.coefficients(rows=np.arange(7)), u)
+
+
 def test_assemble_caps_pool_and_test_and_keeps_the_trace(tmp_path, capsys):
     """``assemble`` (the app's MD set) takes the first ``m`` pool and ``n_test`` test frames and the whole
     trace, row for row from the committed sets; bad caps are refused before anything is written."""
