@@ -473,8 +473,9 @@ def test_fig2_end_to_end_equals_an_explicit_refit(tmp_path, capsys):
     md = root / "data" / "md"
     data = tmp_path / "data"
     data.mkdir()
-    # the chunked sets as committed (a finished one-block file, 300+400 K, would expand all 2000 frames for M = 12)
-    for d in sorted((root / "data").glob("ethane-t*.npz.parts-*")) + sorted((root / "data").glob("ethane-trace.npz")):
+    # the sets as committed: chunked ones and the finished 300+400 K file, whose per-chunk cache blocks keep
+    # M = 12 from expanding all of its 2000 frames
+    for d in sorted((root / "data").glob("ethane-t*.npz*")):
         (data / d.name).symlink_to(d)
     assert list(data.glob("ethane-trace.npz*")), "the committed ethane trace frames (data/ethane-trace.npz*) are missing"
     with pytest.raises(ValueError, match="fig2: molecules must be among benzene, ethane, malonaldehyde; got water"):
@@ -493,6 +494,7 @@ def test_fig2_end_to_end_equals_an_explicit_refit(tmp_path, capsys):
     np.testing.assert_allclose([float(r["E_pbe_hartree"]) for r in rows], trace.energies, atol=1e-9)
 
     label, train, idx = figures.training_set("ethane", data, md, 12)
+    assert label == "300+400" and len(train) == 2000  # the largest pool, as a user gets by default
     assert len(idx) == 12 and res["ethane"]["M"] == 12 and res["ethane"]["training"] == label
     ref = load_trajectory(md / "ethane-test-300K.npz")["reference"]
     perms = equivalent_orderings("ethane")
