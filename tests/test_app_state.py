@@ -524,3 +524,49 @@ def test_a_script_that_exits_without_shutdown_exits_cleanly(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "built" in out.stdout
     assert "Traceback" not in out.stderr and "cannot schedule new futures" not in out.stderr, out.stderr
+
+
+def test_opening_an_unexpanded_set_leaves_the_densities_to_a_background_job(app_modules, tmp_path, monkeypatch):
+    """A new page on a set whose densities were never expanded returns at once (the expansion of an MD set
+    takes minutes, and on the event loop it froze every session and outlived the page's session token);
+    the expansion runs in the view job, reports its progress as "densities", and the fit then matches
+    a state made on the expanded set."""
+    _, compute, _, state, _ = app_modules
+    ds = Dataset.load(H2).subset(np.arange(0, 150, 3))
+    path = ds.save(tmp_path / "h2-every-3rd.npz")  # a new file: no cache holds its densities
+    monkeypatch.setenv("MLHK_VIZ_CACHE", str(tmp_path / "cache"))
+    main, where, release = threading.get_ident(), [], threading.Event()
+    orig = Dataset.compute_coefficients
+
+    def expand(self, index=None, progress=None, **kw):
+        where.append(threading.get_ident())
+        assert release.wait(60), "the test never released the expansion"
+        return orig(self, index, **({"progress": progress} if progress is not None else {}), **kw)
+
+    monkeypatch.setattr(Dataset, "compute_coefficients", expand)
+    stages = []
+    t0 = time.perf_counter()
+    s = state.AppState(data_dir=tmp_path, model_dir=tmp_path / "models", dataset=path, curve=False, m=8)
+    try:
+        built = time.perf_counter() - t0
+        s.param.watch(lambda e: stages.append(e.new), "stage")
+        t1 = time.perf_counter()
+        while not where and time.perf_counter() - t1 < 60:
+            time.sleep(0.05)
+        assert where and main not in where, "the densities were expanded on the constructing thread"
+        assert built < 30 and s.result is None and s.param.m.bounds[1] == len(compute.load_header(path).pool)
+        release.set()
+        assert s.wait(300) and not s.error, s.error
+        assert any("densities" in x for x in stages), stages
+        monkeypatch.setattr(Dataset, "compute_coefficients", orig)
+        np.testing.assert_allclose(s.view_data.molecule.electrons_dft, 2.0, atol=1e-3)
+        fresh = Dataset.load(path)
+        test, pool = evaluation.split(fresh, compute.n_test_for(len(fresh)))
+        np.testing.assert_array_equal(s.result.test, test)
+        ev = evaluation.evaluate(fresh, s.result.train, test, dict(sigma=s.result.hk.sigma, lam=s.result.hk.lam),
+                                 kinds=("mlhk",))
+        # the same densities: equal to ~1e-5 of the largest error (CV's tiny λ amplifies rounding between routes)
+        np.testing.assert_allclose(s.result.density_l2, ev.density_l2, rtol=0, atol=1e-5 * ev.density_l2.max())
+    finally:
+        release.set()
+        s.close()

@@ -113,12 +113,11 @@ def scan_models(*folders) -> dict[str, str]:
 
 
 @dataclass
-class DataEntry:
-    """A loaded data set with everything the app derives from it once."""
+class DataHeader:
+    """What the app derives from a data set without its densities: quick to load, safe on the event loop."""
 
     key: tuple
     ds: Dataset
-    U: np.ndarray  # (n, 125000) DFT coefficients
     test: np.ndarray
     pool: np.ndarray
     axes: tuple  # fine view grid, bohr (box frame)
@@ -131,11 +130,22 @@ class DataEntry:
     scored: np.ndarray  # test frames and trajectory frames: where E^ML[n^DFT] and density errors are computed
 
     def cache_nbytes(self) -> int:
-        return int(self.U.nbytes + self.ds.positions.nbytes + 4096)
+        orbitals = self.ds.mo_coeff.nbytes if self.ds.mo_coeff is not None else 0
+        return int(orbitals + self.ds.positions.nbytes + 4096)
 
     @property
     def name(self) -> str:
         return self.ds.name
+
+
+@dataclass
+class DataEntry(DataHeader):
+    """A loaded data set with its DFT densities: ``U`` ``(n, 125000)`` Fourier coefficients."""
+
+    U: np.ndarray = None
+
+    def cache_nbytes(self) -> int:
+        return int(self.U.nbytes + super().cache_nbytes())
 
 
 def n_test_for(n: int) -> int:
@@ -152,14 +162,18 @@ def view_axes(positions_A, basis, voxels=VIEW_VOXELS, margin=VIEW_MARGIN):
     return tuple(np.arange(l, u + 0.5 * h, h) for l, u in zip(lo, hi))
 
 
-def load_entry(path, progress=null_progress) -> DataEntry:
+def load_header(path) -> DataHeader:
+    """The data set at ``path`` and its split, trace and view grid, without expanding any density.
+
+    This is what the event loop may call (a new page, a new data set in the menu): an uncached MD set
+    takes minutes to expand its densities, and that happens in a background job (:func:`load_entry`).
+    """
     key = file_key(path)
 
     def build():
         ds = Dataset.load(path)
         if not ds.has_densities:
             raise DatasetError(f"{path}: no densities; the app needs them for ML-HK")
-        U = ds.coefficients(lambda d, t, s: progress(d, t, "coefficients"))
         ok = ds.converged
         roles = ds.meta.get("roles")
         xl, xv = "frame", np.arange(len(ds), dtype=float)
@@ -180,8 +194,34 @@ def load_entry(path, progress=null_progress) -> DataEntry:
             traj_x, tl = xv[traj], xl
         spread = np.ptp(ds.positions.reshape(-1, 3), axis=0)
         normal = int(np.argmin(spread))
-        return DataEntry(key, ds, U, test, pool, view_axes(ds.positions, ds.basis), normal, xl, xv, traj, traj_x, tl,
-                         np.union1d(test, traj))
+        return DataHeader(key, ds, test, pool, view_axes(ds.positions, ds.basis), normal, xl, xv, traj, traj_x, tl,
+                          np.union1d(test, traj))
+
+    return cache.DATASETS.get_or_compute(("header", *key), build)
+
+
+def load_entry(path, progress=null_progress) -> DataEntry:
+    """:func:`load_header` plus the DFT densities (expanded from stored orbitals on first use: a background job's work).
+
+    The expansion is shared by every session and cached on disk per block, so a request that goes
+    stale meanwhile does not stop it: the request after it would only have to start it again.
+    """
+    from .engine import Stale
+
+    key = file_key(path)
+
+    def report(done, total, stage):
+        try:
+            progress(done, total, "densities")
+        except Stale:
+            pass
+
+    def build():
+        head = load_header(path)
+        ds = replace(head.ds, _block_arrays={})  # the same arrays; the densities it caches stay out of the header
+        U = ds.coefficients(report)
+        fields = {f: getattr(head, f) for f in DataHeader.__dataclass_fields__}
+        return DataEntry(**dict(fields, ds=ds), U=U)
 
     return cache.DATASETS.get_or_compute(key, build)
 
@@ -260,7 +300,7 @@ def _choose(D, Y, med, factor, lam, progress, stage, center=True, rule="min") ->
 
 
 def density_choice(k: FitKnobs, progress=null_progress) -> Choice:
-    entry = load_entry(k.dataset)
+    entry = load_entry(k.dataset, progress)
     train = selection(entry, k.m, k.seed)
     dist = distances(entry, train, k.gamma, k.spacing)
     key = ("hk-choice", dist.key, train.tobytes(), k.hk_sigma, k.hk_lam, k.cv_rule)
@@ -287,7 +327,7 @@ class DensityModel:
 
 def density_model(k: FitKnobs, progress=null_progress) -> DensityModel:
     choice = density_choice(k, progress)
-    entry = load_entry(k.dataset)
+    entry = load_entry(k.dataset, progress)
     train = selection(entry, k.m, k.seed)
     dist = distances(entry, train, k.gamma, k.spacing)
     key = ("hk-model", dist.key, choice.sigma, choice.lam)
@@ -410,7 +450,7 @@ def fit(k: FitKnobs, progress=null_progress) -> FitResult:
 
 def ml_ks(k: FitKnobs, progress=null_progress):
     """ML-KS for the knobs: (Choice, energies (n,) Hartree of every molecule). Cached per (distances, sigma, lambda)."""
-    entry = load_entry(k.dataset)
+    entry = load_entry(k.dataset, progress)
     train = selection(entry, k.m, k.seed)
     dist = distances(entry, train, k.gamma, k.spacing)
     y = entry.ds.energies[train]
@@ -516,7 +556,7 @@ class Molecule:
 
 
 def molecule(k: FitKnobs, i: int, progress=null_progress) -> Molecule:
-    entry = load_entry(k.dataset)
+    entry = load_entry(k.dataset, progress)
     key = ("mol", k, int(i))
     got = cache.GRIDS.get(key)
     if got is not None:
@@ -538,7 +578,7 @@ def prefetch(dataset: str, ms, gamma: float, spacing: float, progress=null_progr
     """Selections, distances and coefficient Grams for nearby training sizes, so an M step is quick."""
     import time
 
-    entry = load_entry(dataset)
+    entry = load_entry(dataset, progress)
     for _ in range(PREFETCH_IDLE_STEPS):  # start only after a short pause without any request
         time.sleep(0.1)
         progress(0, len(ms), "prefetch")
@@ -566,7 +606,7 @@ def curve_point(dataset: str, m: int, gamma: float, spacing: float, progress=nul
     return cache.CURVES.get_or_compute(key, build)
 
 
-def curve_sizes(entry: DataEntry) -> list[int]:
+def curve_sizes(entry: DataHeader) -> list[int]:
     return [m for m in CURVE_SIZES if m <= min(MAX_M, len(entry.pool))]
 
 
@@ -605,7 +645,7 @@ def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = 
     from ..models import MLHK, MLKS
 
     r = fit(k, progress)
-    entry = load_entry(k.dataset)
+    entry = load_entry(k.dataset, progress)
     pos, E = entry.ds.positions[r.train], entry.ds.energies[r.train]
     progress(0, 1, "library fit")
     ref, perms = (md_alignment(entry.ds) or (pos[0], None)) if align else (None, None)

@@ -290,7 +290,7 @@ class AppState(param.Parameterized):
             self._fit_knobs_changed()
 
     def _dataset_changed(self, start=True):
-        entry = compute.load_entry(self.dataset)
+        entry = compute.load_header(self.dataset)  # no densities: this runs on the page's event loop
         n, pool = len(entry.ds), len(entry.pool)
         with self._quietly():
             self.param.molecule.bounds = (0, n - 1)
@@ -396,7 +396,7 @@ class AppState(param.Parameterized):
 
     def request_curve(self) -> None:
         ds, g, s = self.dataset, _r(self.gamma), _r(self.spacing)
-        entry = compute.load_entry(ds)
+        entry = compute.load_header(ds)
         sizes = compute.curve_sizes(entry)
         self.curve_sizes = sizes
         self._curve_next(ds, g, s, self.cv_rule, sizes, 0)
@@ -435,7 +435,7 @@ class AppState(param.Parameterized):
             return
         k = self.fit_knobs()
         if path is None:
-            name = compute.load_entry(k.dataset).name
+            name = compute.load_header(k.dataset).name
             stamp = time.strftime("%Y%m%d-%H%M%S")
             path = self.model_dir / f"{name}-{self.kind.replace('-', '')}-M{k.m}-{stamp}.npz"
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +453,7 @@ class AppState(param.Parameterized):
             return
         self.stop_md()
         k = self.fit_knobs()
-        entry = compute.load_entry(k.dataset)
+        entry = compute.load_header(k.dataset)
         start = entry.ds.positions[self.molecule]
         dur, temp = float(self.md_duration_fs), float(self.md_temperature_K)
         self.param.update(md_frames=[], md_runs=self.md_runs + 1, md_status="starting (fitting the library model)")

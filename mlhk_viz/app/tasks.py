@@ -106,7 +106,7 @@ def loaded_fit(progress, path, dataset):
         return got
     progress(0, 2, "load model")
     model = _loaded(path)
-    entry = compute.load_entry(dataset)
+    entry = compute.load_entry(dataset, progress)
     ds = entry.ds
     if not np.array_equal(np.asarray(model.numbers_), ds.numbers):
         raise ValueError(f"{Path(path).name} was fitted on atoms {list(model.numbers_)}, "
@@ -152,7 +152,7 @@ def loaded_molecule(path, dataset, i, progress):
     if got is not None:
         return got
     model = _loaded(path)
-    entry = compute.load_entry(dataset)
+    entry = compute.load_entry(dataset, progress)
     if not isinstance(model, MLHK):
         raise ValueError("an ML-KS model predicts energies only: open an ML-HK model to see densities")
     pos = entry.ds.positions[i:i + 1]
@@ -185,7 +185,7 @@ def run_md(progress, knobs, model_path, start, duration_fs, temperature_K):
     else:
         model = cache.MODELS.get_or_compute(("library-mlhk-aligned", knobs),
                                             lambda: compute.library_model(knobs, "ML-HK", progress, align=True))
-    entry = compute.load_entry(knobs.dataset)
+    entry = compute.load_entry(knobs.dataset, progress)
 
     def frame(f):
         progress.emit(f)

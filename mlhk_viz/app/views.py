@@ -260,7 +260,7 @@ def slice_view(state):
     def img(view_data, slice_pos, slice_field, dataset):
         if view_data is None:
             # a blank frame on the data set's grid, so the first real one keeps the same axes
-            entry = compute.load_entry(dataset)
+            entry = compute.load_header(dataset)
             n = entry.normal
             a, b = [d for d in range(3) if d != n]
             xs, ys = entry.axes[a], entry.axes[b]
