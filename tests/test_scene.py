@@ -100,3 +100,50 @@ def test_scene_sends_one_update_at_a_time_and_runs_follow_ups_after_the_browser_
     assert sent == [1, 3, 4, 5] and ran == ["stats", "now"]
     doc.timeouts[-1][0]()
     assert ran == ["stats", "now", "late"] and not sc._inflight
+
+
+def _ndc(camera, points, aspect):
+    """Normalised screen coordinates of ``points`` for a vtk perspective camera with a 30° view angle."""
+    pos, focal, up = (np.asarray(v, float) for v in camera)
+    f = (focal - pos) / np.linalg.norm(focal - pos)
+    r = np.cross(f, up)
+    r /= np.linalg.norm(r)
+    u = np.cross(r, f)
+    v = np.asarray(points) - pos
+    z = v @ f
+    t = np.tan(np.radians(15))
+    return (v @ r) / (z * t * aspect), (v @ u) / (z * t)
+
+
+@pytest.mark.parametrize("molecule", ["malonaldehyde", "benzene", "ethane"])
+@pytest.mark.parametrize("n_copies", [1, 2, 3])
+def test_side_by_side_camera_keeps_every_copy_on_screen(molecule, n_copies):
+    """The density clouds (atoms + 2 bohr) of every side-by-side copy of an MD set's frames project inside
+    the 640 x 460 pane, the copies left to right (the screenshot of malonaldehyde had the outer copies cut)."""
+    from pathlib import Path
+
+    from mlhk_viz.app import compute, scene
+    from mlhk_viz.basis import FourierBasis
+    from mlhk_viz.reference.md import load_trajectory
+
+    md = Path(__file__).resolve().parent.parent / "data" / "md"
+    t = load_trajectory(md / f"{molecule}-test-300K.npz")
+    frames = t["positions"][:50]  # the frames of a set: Å, aligned, centred
+    axes = compute.view_axes(frames, FourierBasis())
+    ext = np.array([a[-1] - a[0] for a in axes])
+    normal = int(np.argmin(np.ptp(frames.reshape(-1, 3), axis=0)))  # as the app picks it
+    side = max((d for d in range(3) if d != normal), key=lambda d: ext[d])
+    step = np.zeros(3)
+    step[side] = ext[side] * 0.8
+    cam = scene.camera_for(axes, normal, side, step, n_copies)
+    aspect = scene.PANE_SIZE[0] / scene.PANE_SIZE[1]
+    corners = 2.0 * np.array(np.meshgrid(*[[-1, 1]] * 3)).reshape(3, -1).T
+    cloud = (frames.reshape(-1, 3)[:, None, :] / 0.529177210903 + corners[None]).reshape(-1, 3)
+    centres = []
+    for k in range(n_copies):
+        x, y = _ndc(cam, cloud + step * k, aspect)
+        assert np.abs(x).max() < 1.0 and np.abs(y).max() < 1.0, (k, np.abs(x).max(), np.abs(y).max())
+        centres.append(x.mean())
+    assert np.all(np.diff(centres) > 0)
+    x, y = _ndc(cam, cloud, aspect)  # and no smaller than it need be: one copy spans a good part of the pane
+    assert max(np.ptp(x), np.ptp(y)) > 1.4 / n_copies

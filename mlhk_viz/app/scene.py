@@ -117,20 +117,32 @@ def _atoms_mesh(numbers, positions_bohr):
     return mesh
 
 
-def camera_for(axes, normal, side, step, n_copies):
-    """(position, focal point, view up): looking along the plane normal, copies side by side on screen."""
+#: the 3D pane's size in pixels (width, height); the camera frames the copies for its aspect ratio
+PANE_SIZE = (640, 460)
+
+
+def camera_for(axes, normal, side, step, n_copies, aspect=PANE_SIZE[0] / PANE_SIZE[1], inset=1.5):
+    """(position, focal point, view up): looking along the plane normal, copies side by side on screen.
+
+    The frame holds the content of every copy: the view grid less ``inset`` bohr at each end (the grid
+    reaches 4 bohr beyond the atoms, the iso-surfaces about 2.5), widened by the copies' offsets along
+    ``side``, for a 30° vertical view angle and the pane's ``aspect`` (width / height), with 8 % to spare.
+    """
     lo = np.array([a[0] for a in axes])
     hi = np.array([a[-1] for a in axes])
     n = max(n_copies, 1) if np.any(step) else 1
+    content = np.maximum(hi - lo - 2 * inset, 1.0)
+    up_axis = [d for d in range(3) if d not in (normal, side)][0]
+    wide = content[side] + float(np.max(np.abs(step))) * (n - 1)
+    height = 1.08 * max(content[up_axis], wide / aspect)
     hi = hi + step * (n - 1)
     focal = (lo + hi) / 2
-    width = float(np.max(hi - lo)) * 0.55
     up = np.zeros(3)
-    up[[d for d in range(3) if d not in (normal, side)][0]] = 1.0
+    up[up_axis] = 1.0
     e_n = np.eye(3)[normal]
     # look along +s e_n with s chosen so that the side-by-side axis points to the right on screen
     s = 1.0 if np.cross(e_n, up)[side] > 0 else -1.0
-    pos = focal - s * e_n * width / (2 * np.tan(np.radians(15)))
+    pos = focal - s * e_n * height / (2 * np.tan(np.radians(15)))
     return tuple(map(tuple, (pos, focal, up)))
 
 
@@ -254,7 +266,7 @@ class Scene:
     scenes to; without it every update after the first waits ``GAP`` seconds).
     """
 
-    def __init__(self, height=460, width=640, css_classes=("view3d",), **pane_kw):
+    def __init__(self, height=PANE_SIZE[1], width=PANE_SIZE[0], css_classes=("view3d",), **pane_kw):
         import pyvista as pv
 
         self.plotter = pv.Plotter(off_screen=True, notebook=False, window_size=(int(os.environ.get("MLHK_VIZ_WS", "8")),) * 2)

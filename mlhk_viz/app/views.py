@@ -17,7 +17,7 @@ from ..datasets import write_cube
 from ..evaluation import KCAL_PER_HARTREE
 from ..reproduce.paper import QUANTITIES, TABLE1
 from . import compute, help as H
-from .scene import Scene
+from .scene import PANE_SIZE, Scene
 from .state import CV_RULES, HK, KS, SHOW
 
 hv.extension("bokeh", logo=False)
@@ -222,7 +222,7 @@ def _result_knobs(result):
 
 
 # ------------------------------------------------------------------------------ 3D
-def view3d(state, height=460, width=640):
+def view3d(state, height=PANE_SIZE[1], width=PANE_SIZE[0]):
     sc = Scene(height=height, width=width)
 
     last = [None]
