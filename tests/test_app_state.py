@@ -570,3 +570,25 @@ def test_opening_an_unexpanded_set_leaves_the_densities_to_a_background_job(app_
     finally:
         release.set()
         s.close()
+
+
+def test_data_menu_offers_sets_with_densities_that_the_app_can_hold(app_modules, tmp_path, monkeypatch):
+    """The menu lists valid sets with densities, skips broken files and energy-only sets, and leaves out sets
+    whose densities exceed the data-set cache (the 2,000-frame pools: read from disk for every request)."""
+    cache, compute, _, _, _ = app_modules
+    h2 = Dataset.load(H2)
+    small, big = h2.subset(np.arange(10)), h2.subset(np.arange(40))
+    small.save(tmp_path / "small.npz")
+    big.save(tmp_path / "big.npz")
+    energy_only = h2.subset(np.arange(5))
+    energy_only.meta["density_store"] = "none"
+    energy_only.mo_coeff = energy_only.mo_occ = None
+    energy_only.save(tmp_path / "energy-only.npz")
+    (tmp_path / "broken.npz").write_bytes(b"not a data set")
+    per_molecule = h2.basis.size * 8
+    monkeypatch.setattr(cache.DATASETS, "budget", 20 * per_molecule)
+    names = sorted(Path(p).name for p in compute.scan_datasets(tmp_path).values())
+    assert names == ["small.npz"]
+    monkeypatch.setattr(cache.DATASETS, "budget", 40 * per_molecule)
+    compute._scan_cache.clear()
+    assert sorted(Path(p).name for p in compute.scan_datasets(tmp_path).values()) == ["big.npz", "small.npz"]

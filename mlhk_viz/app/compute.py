@@ -77,7 +77,13 @@ _scan_cache: dict = {}
 
 
 def scan_datasets(folder) -> dict[str, str]:
-    """``{label: path}`` of every valid data set with densities in ``folder`` (``*.npz``)."""
+    """``{label: path}`` of every valid data set with densities in ``folder`` (``*.npz``) that the app can hold.
+
+    Sets whose densities would not fit the app's data-set cache (``cache.DATASETS``, 1.6 GB: about 1,600
+    molecules) are left out: the app trains on at most :data:`MAX_M` of them anyway, and a set the cache
+    cannot keep would be read back from disk for every request. Such sets (the 2,000-frame training pools)
+    are the library's and ``mlhk-viz reproduce``'s; ``mlhk-viz assemble`` makes app-sized MD sets from them.
+    """
     out = {}
     for p in sorted(Path(folder).glob("*.npz")):
         try:
@@ -88,7 +94,8 @@ def scan_datasets(folder) -> dict[str, str]:
         if ok is None:
             try:
                 ds = Dataset.load(p)
-                ok = (ds.name, len(ds), ds.has_densities)
+                fits = len(ds) * ds.basis.size * 8 <= cache.DATASETS.budget
+                ok = (ds.name, len(ds), ds.has_densities and fits)
             except (DatasetError, OSError, ValueError, KeyError):
                 ok = False
             _scan_cache[k] = ok
