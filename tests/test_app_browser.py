@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def wait_drawn(page, threshold=8.0, timeout=120):
         if img.std() > threshold:
             return img
         time.sleep(1.0)
-    raise AssertionError(f"3D view not drawn: pixel std {img.std():.2f}")
+    shot = Path(tempfile.gettempdir()) / "mlhk-viz-3d-not-drawn.png"
+    page.screenshot(path=str(shot))
+    raise AssertionError(f"3D view not drawn: pixel std {img.std():.2f} (page: {shot})")
 
 
 def wait_changed(page, before, timeout=120):
