@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlhk_viz import evaluation
-from mlhk_viz.datasets import Dataset, read_cube
+from mlhk_viz.datasets import Dataset, DatasetError, read_cube
 from mlhk_viz.descriptor import GaussianPotential
 from mlhk_viz.models import _median_distance, load_model
 
@@ -592,3 +592,7 @@ def test_data_menu_offers_sets_with_densities_that_the_app_can_hold(app_modules,
     monkeypatch.setattr(cache.DATASETS, "budget", 40 * per_molecule)
     compute._scan_cache.clear()
     assert sorted(Path(p).name for p in compute.scan_datasets(tmp_path).values()) == ["big.npz", "small.npz"]
+    # a set named directly (MLHK_VIZ_DATASET) that does not fit is refused with the reason, not thrashed
+    monkeypatch.setattr(cache.DATASETS, "budget", 20 * per_molecule)
+    with pytest.raises(DatasetError, match=r"big.npz: 40 molecules need 0.0 GB of densities, more than .*mlhk-viz assemble"):
+        compute.load_header(tmp_path / "big.npz")

@@ -76,6 +76,11 @@ def file_key(path) -> tuple:
 _scan_cache: dict = {}
 
 
+def fits_the_app(ds: Dataset) -> bool:
+    """Whether the set's float64 densities fit the app's data-set cache (the 2,000-frame pools do not)."""
+    return len(ds) * ds.basis.size * 8 <= cache.DATASETS.budget
+
+
 def scan_datasets(folder) -> dict[str, str]:
     """``{label: path}`` of every valid data set with densities in ``folder`` (``*.npz``) that the app can hold.
 
@@ -94,8 +99,7 @@ def scan_datasets(folder) -> dict[str, str]:
         if ok is None:
             try:
                 ds = Dataset.load(p)
-                fits = len(ds) * ds.basis.size * 8 <= cache.DATASETS.budget
-                ok = (ds.name, len(ds), ds.has_densities and fits)
+                ok = (ds.name, len(ds), ds.has_densities and fits_the_app(ds))
             except (DatasetError, OSError, ValueError, KeyError):
                 ok = False
             _scan_cache[k] = ok
@@ -181,6 +185,10 @@ def load_header(path) -> DataHeader:
         ds = Dataset.load(path)
         if not ds.has_densities:
             raise DatasetError(f"{path}: no densities; the app needs them for ML-HK")
+        if not fits_the_app(ds):
+            raise DatasetError(f"{path}: {len(ds)} molecules need {len(ds) * ds.basis.size * 8 / 1e9:.1f} GB of densities, "
+                               f"more than the app's data-set cache holds ({cache.DATASETS.budget / 1e9:.1f} GB); "
+                               "`mlhk-viz assemble` makes an app-sized MD set")
         ok = ds.converged
         roles = ds.meta.get("roles")
         xl, xv = "frame", np.arange(len(ds), dtype=float)
