@@ -60,7 +60,7 @@ def _cmd_generate_pbe(args) -> int:
     from .progress import TqdmProgress
     from .reference.generate import generate
     from .reference.md import MOLECULES
-    from .reference.md_sets import SETS, frames, set_path
+    from .reference.md_sets import SETS, finished_elsewhere, frames, set_path
 
     if args.target not in MOLECULES or args.set not in SETS:
         print(f"mlhk-viz generate pbe: usage MOLECULE SET with MOLECULE in {list(MOLECULES)} and SET in {list(SETS)}",
@@ -72,7 +72,7 @@ def _cmd_generate_pbe(args) -> int:
     generate(f"{args.target}-{args.set}", out, numbers, pos, chunk_size=args.chunk_size, scheduler=args.scheduler,
              n_workers=args.workers, ordered=args.set == "trace",
              description=f"PBE for {args.target} MD snapshots, set {args.set} ({info['source']})", progress=bar,
-             limit=args.limit)
+             limit=args.limit, known=finished_elsewhere(args.target, args.set, DATA_DIR, DATA_DIR / "md"))
     bar.close()
     return 0
 

@@ -165,3 +165,37 @@ def test_parts_folder_is_found_for_geometries_that_differ_in_the_last_bit(tmp_pa
     # a finished file is recognised across the same last-bit difference
     assert gen._same_geometries(numbers, pos, numbers, jitter)
     assert not gen._same_geometries(numbers, pos, numbers, moved)
+
+
+@pytest.mark.slow
+def test_geometries_finished_in_another_set_are_copied_not_computed(tmp_path, cluster, monkeypatch):
+    # the MD training pools share frames; a set that contains another's finished geometries must take
+    # their results as they are and compute only the rest
+    numbers, pos = h2(6)
+    kw = dict(scheduler=cluster.scheduler_address, log=lambda *a: None)
+    first = gen.generate("H2", tmp_path / "a.npz", numbers, pos[:4], chunk_size=2, **kw)
+    real = gen.compute_chunk
+    log = tmp_path / "calls.txt"
+
+    def counting(numbers, positions, method):
+        with open(log, "a") as fh:
+            fh.write(f"{len(positions)}\n")
+        return real(numbers, positions, method)
+
+    monkeypatch.setattr(gen, "compute_chunk", counting)
+    sizes = lambda: sorted(int(x) for x in log.read_text().split()) if log.exists() else []  # noqa: E731
+    # chunks: [pos1, pos3] both known, [pos4, pos0] one known, [pos5 + 1e-3 Å] not the same geometry
+    nudged = pos[5].copy()
+    nudged[1, 0] += 1e-3
+    second_pos = np.stack([pos[1], pos[3], pos[4], pos[0], nudged])
+    lda = Dataset(name="lda", numbers=first.numbers, positions=pos[4:5], energies=np.array([0.0]),
+                  converged=np.array([True]), truncation_error=np.array([0.0]),
+                  meta=dict(first.meta, method=dict(first.meta["method"], functional="LDA")),
+                  mo_coeff=first.mo_coeff[:1], mo_occ=first.mo_occ[:1])
+    second = gen.generate("H2b", tmp_path / "b.npz", numbers, second_pos, chunk_size=2, known=[first, lda], **kw)
+    assert sizes() == [1, 1], "only pos[4] (known only with another method) and the nudged geometry are computed"
+    np.testing.assert_array_equal(second.energies[[0, 1, 3]], first.energies[[1, 3, 0]])
+    direct = [single_point(numbers, p)["energy"] for p in second_pos[[2, 4]]]
+    np.testing.assert_allclose(second.energies[[2, 4]], direct, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(second.coefficients()[[0, 1, 3]], first.coefficients()[[1, 3, 0]], rtol=0, atol=1e-12)
+    assert second.meta["reused_geometries"] == 3 and second.meta["seconds_per_geometry"] > 0

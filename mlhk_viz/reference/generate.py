@@ -10,6 +10,10 @@ computed on another machine (whose BLAS aligns the frames to a different last bi
 found. When all chunks exist they are assembled into one data-set file and the parts folder is
 removed.
 
+A geometry that another finished set of the same molecule already holds (``known=``; the MD
+training pools share up to 40 % of their frames, see :mod:`.md_sets`) is copied from it rather
+than computed again; the chunk marks those rows in ``reused``.
+
 By default a :class:`dask.distributed.LocalCluster` of single-threaded worker processes runs the
 chunks (PySCF's own threads scale poorly; two single-threaded workers on two cores give 1.65x
 the throughput of one two-threaded one, see shared facts); ``scheduler=ADDRESS`` uses an
@@ -50,6 +54,58 @@ def compute_chunk(numbers, positions, method: dict) -> dict:
         "mo_coeff": np.stack([r["mo_coeff"] for r in rows]),
         "mo_occ": np.stack([r["mo_occ"] for r in rows]),
     }
+
+
+def _geometry_key(positions) -> bytes:
+    return (np.round(np.asarray(positions, np.float64), GEOMETRY_DECIMALS) + 0.0).tobytes()
+
+
+class KnownResults:
+    """Finished single points of other sets, looked up by geometry.
+
+    ``datasets``: :class:`~mlhk_viz.datasets.Dataset` objects; those computed with another
+    method or for other atoms are ignored, so a hit is always the result this run would compute.
+    """
+
+    def __init__(self, numbers, method: dict, datasets=()):
+        numbers = np.asarray(numbers, int)
+        self._index: dict[bytes, tuple] = {}
+        for ds in datasets:
+            if ds is None or not np.array_equal(np.asarray(ds.numbers, int), numbers):
+                continue
+            if any(ds.meta.get("method", {}).get(k) != v for k, v in method.items()):
+                continue
+            for row, p in enumerate(ds.positions):
+                self._index.setdefault(_geometry_key(p), (ds, row))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def find(self, position) -> tuple | None:
+        """``(dataset, row)`` holding this geometry ``(n_atoms, 3)`` Å (within GEOMETRY_TOL), or None."""
+        hit = self._index.get(_geometry_key(position))
+        if hit is None or np.max(np.abs(hit[0].positions[hit[1]] - position)) > GEOMETRY_TOL:
+            return None
+        return hit
+
+
+def _chunk_from(rows: list, computed: dict | None) -> dict:
+    """Chunk arrays from per-row sources: ``(dataset, row)`` copies and, in order, the computed rows."""
+    out = {k: [] for k in ("energies", "converged", "attempts", "truncation_error", "seconds", "mo_coeff",
+                           "mo_occ", "reused")}
+    j = 0
+    for hit in rows:
+        if hit is None:
+            for k in out:
+                out[k].append(computed[k][j] if k != "reused" else False)
+            j += 1
+        else:
+            ds, r = hit
+            for k, v in (("energies", ds.energies[r]), ("converged", ds.converged[r]), ("attempts", 0),
+                         ("truncation_error", ds.truncation_error[r]), ("seconds", 0.0),
+                         ("mo_coeff", ds.mo_coeff[r]), ("mo_occ", ds.mo_occ[r]), ("reused", True)):
+                out[k].append(v)
+    return {k: np.stack(v) if k in ("mo_coeff", "mo_occ") else np.array(v) for k, v in out.items()}
 
 
 def _digest(numbers, positions, method) -> str:
@@ -183,6 +239,7 @@ def generate(
     progress: Progress = null_progress,
     log=print,
     limit: int | None = None,
+    known=(),
 ) -> Dataset | None:
     """Compute PBE energies and densities for ``positions`` ``(n, n_atoms, 3)`` Å and write ``out``.
 
@@ -194,6 +251,9 @@ def generate(
     the chunks and the parts folder are the same as for the whole set, so a later run with a larger
     limit, or none, continues where this one stopped). Returns None while the set is incomplete;
     :func:`mlhk_viz.reference.md_sets.load_partial` reads the finished prefix.
+
+    ``known``: finished data sets (e.g. the other training pools of the same molecule); a
+    geometry found in one of them with the same method is copied instead of computed.
     """
     numbers = np.asarray(numbers, int)
     positions = np.asarray(positions, float)
@@ -218,6 +278,22 @@ def generate(
         + (f" (up to geometry {limit})" if limit is not None else ""))
     progress(sum(bounds[i][1] - bounds[i][0] for i in done), n, f"PBE {name}")
 
+    lookup = KnownResults(numbers, method, known)
+    hits = {i: [lookup.find(p) for p in positions[slice(*bounds[i])]] for i in todo} if len(lookup) else {}
+    n_reused = sum(h is not None for rows in hits.values() for h in rows)
+    if n_reused:
+        log(f"{name}: {n_reused} of the {sum(bounds[i][1] - bounds[i][0] for i in todo)} geometries to do "
+            f"are in finished sets already and are copied, not computed")
+
+    def finish(i, computed=None):
+        arrays = _chunk_from(hits[i], computed) if i in hits else computed
+        save_npz(chunk_path(i), arrays, {"format": CHUNK_FORMAT, "chunk": i, "bounds": bounds[i]})
+        done[i] = arrays
+        progress(sum(bounds[j][1] - bounds[j][0] for j in done), n, f"PBE {name}")
+
+    for i in [i for i in todo if i in hits and all(h is not None for h in hits[i])]:
+        finish(i)  # nothing to compute
+    todo = [i for i in todo if i not in done]
     if todo:
         from dask.distributed import Client, LocalCluster, as_completed
 
@@ -225,14 +301,12 @@ def generate(
                                                       processes=True, dashboard_address=":0")
         try:
             with Client(scheduler or cluster) as client:
-                futures = {client.submit(compute_chunk, numbers, positions[s:e], method, pure=False): i
+                missing = {i: [s + k for k, h in enumerate(hits.get(i, [None] * (e - s))) if h is None]
                            for i in todo for s, e in [bounds[i]]}
+                futures = {client.submit(compute_chunk, numbers, positions[missing[i]], method, pure=False): i
+                           for i in todo}
                 for fut in as_completed(futures):
-                    i = futures[fut]
-                    arrays = fut.result()
-                    save_npz(chunk_path(i), arrays, {"format": CHUNK_FORMAT, "chunk": i, "bounds": bounds[i]})
-                    done[i] = arrays
-                    progress(sum(bounds[j][1] - bounds[j][0] for j in done), n, f"PBE {name}")
+                    finish(futures[fut], fut.result())
         finally:
             if cluster is not None:
                 cluster.close()
@@ -243,6 +317,8 @@ def generate(
         return None
     cat = lambda k: np.concatenate([done[i][k] for i in range(len(bounds))])  # noqa: E731
     converged = cat("converged").astype(bool)
+    computed = ~np.concatenate([done[i].get("reused", np.zeros(bounds[i][1] - bounds[i][0], bool))
+                                for i in range(len(bounds))]).astype(bool)
     bad = np.flatnonzero(~converged)
     if len(bad):
         log(f"{name}: WARNING: SCF did not converge for {len(bad)} geometries after retries: {bad.tolist()}")
@@ -253,7 +329,8 @@ def generate(
         "description": description,
         "method": dict(method, pyscf_version=pyscf.__version__),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds_per_geometry": float(np.mean(cat("seconds"))),
+        "seconds_per_geometry": float(np.mean(cat("seconds")[computed])) if computed.any() else 0.0,
+        "reused_geometries": int((~computed).sum()),
         # the chunks' row starts: the file's density cache is kept per chunk, as it was while the
         # set grew (load_finished), so finishing a set does not expand every density again
         "blocks": [s for s, _ in bounds[1:]],

@@ -111,6 +111,20 @@ def load_partial(molecule: str, which: str, data_dir, md_dir, method: dict = DEF
     return ds
 
 
+def finished_elsewhere(molecule: str, which: str, data_dir, md_dir, method: dict = DEFAULT_METHOD) -> list[Dataset]:
+    """The PBE frames the molecule's other training pools hold so far, for reuse by :func:`generate`.
+
+    Every pool combination draws from the same 300 K trajectory, so their K-means selections share
+    frames: for the three molecules 700-815 of the 2000 frames of ``train300+350`` and
+    ``train300+400`` are also in ``train300``. The test and trace sets come from independent
+    trajectories and share none.
+    """
+    if which not in SETS[1:4]:
+        return []
+    return [d for s in SETS[1:4] if s != which
+            if (d := load_partial(molecule, s, data_dir, md_dir, method)) is not None]
+
+
 def assemble(molecule: str, data_dir, md_dir, training: str | None = None, m: int | None = None,
              n_test: int | None = None) -> Dataset:
     """One data set of a molecule's PBE frames for the app: a training pool, the test frames, the trace.
