@@ -19,6 +19,21 @@ def cluster():
         yield c
 
 
+@pytest.fixture
+def chunk_sizes(tmp_path, monkeypatch):
+    """Count the chunk computations and their sizes. Dask serialises tasks, so through a file."""
+    real = gen.compute_chunk
+    log = tmp_path / "chunk-sizes.txt"
+
+    def counting(numbers, positions, method):
+        with open(log, "a") as fh:
+            fh.write(f"{len(positions)}\n")
+        return real(numbers, positions, method)
+
+    monkeypatch.setattr(gen, "compute_chunk", counting)
+    return lambda: [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
 @pytest.mark.slow
 def test_interrupted_generation_resumes_without_redoing(tmp_path, cluster, monkeypatch):
     numbers, pos = h2(4)
@@ -63,19 +78,10 @@ def test_interrupted_generation_resumes_without_redoing(tmp_path, cluster, monke
 
 
 @pytest.mark.slow
-def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path, cluster, monkeypatch):
+def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path, cluster, chunk_sizes):
     numbers, pos = h2(5)
     out = tmp_path / "h2five.npz"
-    real = gen.compute_chunk
-    log = tmp_path / "calls.txt"
-
-    def counting(numbers, positions, method):
-        with open(log, "a") as fh:
-            fh.write(f"{len(positions)}\n")
-        return real(numbers, positions, method)
-
-    n_calls = lambda: [int(x) for x in log.read_text().split()] if log.exists() else []  # noqa: E731
-    monkeypatch.setattr(gen, "compute_chunk", counting)
+    n_calls = chunk_sizes
     kw = dict(chunk_size=2, scheduler=cluster.scheduler_address, log=lambda *a: None)
     assert gen.generate("H2", out, numbers, pos, limit=3, **kw) is None  # chunks [0,2) and [2,4)
     assert sorted(n_calls()) == [2, 2] and not out.exists()
@@ -168,22 +174,14 @@ def test_parts_folder_is_found_for_geometries_that_differ_in_the_last_bit(tmp_pa
 
 
 @pytest.mark.slow
-def test_geometries_finished_in_another_set_are_copied_not_computed(tmp_path, cluster, monkeypatch):
+def test_geometries_finished_in_another_set_are_copied_not_computed(tmp_path, cluster, chunk_sizes):
     # the MD training pools share frames; a set that contains another's finished geometries must take
     # their results as they are and compute only the rest
     numbers, pos = h2(6)
     kw = dict(scheduler=cluster.scheduler_address, log=lambda *a: None)
     first = gen.generate("H2", tmp_path / "a.npz", numbers, pos[:4], chunk_size=2, **kw)
-    real = gen.compute_chunk
-    log = tmp_path / "calls.txt"
-
-    def counting(numbers, positions, method):
-        with open(log, "a") as fh:
-            fh.write(f"{len(positions)}\n")
-        return real(numbers, positions, method)
-
-    monkeypatch.setattr(gen, "compute_chunk", counting)
-    sizes = lambda: sorted(int(x) for x in log.read_text().split()) if log.exists() else []  # noqa: E731
+    computed_before = len(chunk_sizes())
+    sizes = lambda: sorted(chunk_sizes()[computed_before:])  # noqa: E731
     # chunks: [pos1, pos3] both known, [pos4, pos0] one known, [pos5 + 1e-3 Å] not the same geometry
     nudged = pos[5].copy()
     nudged[1, 0] += 1e-3
