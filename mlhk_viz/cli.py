@@ -112,8 +112,9 @@ def _cmd_reproduce(args) -> int:
         table1.run(Path(args.out), data_dir=data_dir, curve_max=args.curve_max, progress=bar, log=print)
     elif args.what == "table2":
         molecules = tuple(args.molecules.split(",")) if args.molecules else table2.MOLECULES
+        trainings = tuple(args.trainings.split(",")) if args.trainings else tuple(table2.TRAININGS)
         table2.run(Path(args.out), data_dir, md_dir, m=args.m, molecules=molecules, params=_protocol(args) or None,
-                   progress=bar, log=print)
+                   progress=bar, log=print, trainings=trainings)
     elif args.what == "fig2":
         chosen = {"molecules": tuple(args.molecules.split(","))} if args.molecules else {}
         figures.fig2(Path(args.out), data_dir, md_dir, m=args.m, progress=bar, log=print, **chosen)
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--molecules", help="table2: comma-separated subset of benzene,ethane,malonaldehyde; "
                                        "fig2: the same (default benzene,ethane, the paper's); "
                                        "fig3b: the one molecule to run (default malonaldehyde, the paper's)")
+    r.add_argument("--trainings", help="table2: comma-separated subset of 300,300+350,300+400 (the pools to "
+                                       "recompute; rows of the others already in --out are kept)")
     r.add_argument("--forces", default="fd", choices=("fd", "analytic"),
                    help="fig3b: central finite differences of the ML energy (the paper's, default) or the exact gradient")
     r.add_argument("--seed", type=int, default=0, help="fig3b: the Langevin run's random seed (default 0)")

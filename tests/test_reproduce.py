@@ -249,6 +249,24 @@ def test_table2_for_one_molecule_updates_its_rows_and_keeps_the_others(tmp_path,
     both = tmp_path / "both"
     table2.run(both, data, md, m=10, molecules=("ethane",), curve=False, log=quiet)  # an older, smaller ethane
     table2.run(both, data, md, m=12, molecules=("benzene",), curve=False, log=quiet)
+    # one pool of a molecule recomputed: its rows and per-frame lines change, the other pools' stay as they were
+    at10 = {n: json.loads((both / n).read_text()) for n in ("table2.json", "table2_curve.json", "density_error.json")}
+    csv10 = (both / "table2_errors-ethane.csv").read_text().splitlines()
+    table2.run(both, data, md, m=12, molecules=("ethane",), curve=False, log=quiet, trainings=("300+350",))
+    for name, before in at10.items():
+        now = json.loads((both / name).read_text())
+        assert [e for e in now if e.get("training") != "300+350" or e["molecule"] != "ethane"] == \
+            [e for e in before if e.get("training") != "300+350" or e["molecule"] != "ethane"], name
+        m_of = lambda e: e["M"] if "M" in e else e["points"][-1]["M"]  # noqa: E731 (curves hold points)
+        assert {m_of(e) for e in now if (e["molecule"], e["training"]) == ("ethane", "300+350")} == {12}, name
+        assert len(now) == len(before), name
+    csv = (both / "table2_errors-ethane.csv").read_text().splitlines()
+    assert csv[0] == csv10[0] and len(csv) == len(csv10)
+    assert [ln for ln in csv if not ln.startswith("300+350,")] == [ln for ln in csv10 if not ln.startswith("300+350,")]
+    assert [ln.split(",")[0] for ln in csv[1:]] == [ln.split(",")[0] for ln in csv10[1:]], "pools in the table's order"
+    assert {ln.split(",")[1] for ln in csv[1:] if ln.startswith("300+350,")} == {"12"}
+    with pytest.raises(ValueError, match="trainings must be among 300, 300\\+350, 300\\+400; got 350"):
+        table2.run(both, data, md, m=12, molecules=("ethane",), log=quiet, trainings=("350",))
     table2.run(both, data, md, m=12, molecules=("ethane",), curve=False, log=quiet)  # ethane updated, benzene kept
     for name in ("table2.json", "table2_curve.json", "density_error.json"):
         merged = json.loads((both / name).read_text())
@@ -264,7 +282,7 @@ def test_table2_for_one_molecule_updates_its_rows_and_keeps_the_others(tmp_path,
 
     # the other protocol would mix two protocols in one table: refused before any work, files untouched
     before = {p.name: p.read_bytes() for p in both.iterdir()}
-    with pytest.raises(ValueError, match=r"benzene rows made with other hyperparameters.*1se"):
+    with pytest.raises(ValueError, match=r"benzene 300 K rows made with other hyperparameters.*1se"):
         table2.run(both, data, md, m=12, molecules=("ethane",), params={"cv_rule": "1se"}, log=quiet)
     assert {p.name: p.read_bytes() for p in both.iterdir()} == before
     assert main(["reproduce", "table2", "--out", str(both), "--molecules", "ethane", "--cv-rule", "1se"]) == 1

@@ -99,7 +99,8 @@ def power_law(ms, maes, last: int = 3) -> dict | None:
 
 
 def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve: bool = True,
-        params: dict | None = None, progress: Progress = null_progress, log=print) -> dict:
+        params: dict | None = None, progress: Progress = null_progress, log=print,
+        trainings=tuple(TRAININGS)) -> dict:
     """Compute Table 2 (and learning curves) from the PBE data that exist; write its files to ``out``.
 
     Files: ``table2.json`` (rows ``{molecule, training, quantity, mae, max, M, n_test}``, kcal/mol),
@@ -107,17 +108,21 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     ``density_error.json``, ``table2.md`` (everything beside the paper's values) and
     ``table2_errors-<molecule>.csv`` (each test frame's signed errors, :func:`write_frame_errors`).
     ``m`` caps the training size (default: all that exist). Molecules or trainings without data are
-    reported as missing, not an error. Rows of molecules not in ``molecules`` that an earlier run left
-    in ``out`` are kept (:func:`kept_from_earlier`).
+    reported as missing, not an error. ``trainings`` (labels of :data:`TRAININGS`) limits the rows
+    computed for each molecule. Rows that an earlier run left in ``out`` for molecules or trainings
+    not computed now are kept (:func:`kept_from_earlier`), so one pool that grew is updated alone.
     """
     unknown = [m for m in molecules if m not in MOLECULES]
     if unknown or not molecules:
         raise ValueError(f"table2: molecules must be among {', '.join(MOLECULES)}; got {', '.join(molecules) or 'none'}")
+    wrong = [t for t in trainings if t not in TRAININGS]
+    if wrong or not trainings:
+        raise ValueError(f"table2: trainings must be among {', '.join(TRAININGS)}; got {', '.join(trainings) or 'none'}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     how = hyperparameters(params)
-    kept = kept_from_earlier(out, molecules, how)  # checked before hours of fitting, not after
+    kept = kept_from_earlier(out, molecules, how, trainings)  # checked before hours of fitting, not after
     rows, curves, dens, missing = [], [], [], []
     for mol in molecules:
         per_frame = []
@@ -128,6 +133,8 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
         missing += [f"{mol} {t} K: no training frames with PBE yet" for t in TRAININGS if t not in trains]
         trunc = float(np.mean(test.truncation_error[test.converged]))
         for training, train in trains.items():
+            if training not in trainings:
+                continue
             n_avail = int(train.converged.sum())
             m_use = n_avail if m is None else min(m, n_avail)
             sizes = [s for s in CURVE_SIZES if s < m_use] + [m_use] if curve else [m_use]
@@ -153,10 +160,11 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
             log(f"{mol} {training}: M = {r['M']}, {r['n_test']} test frames, ML-HK ΔE MAE "
                 f"{rows[-2]['mae']:.3g} kcal/mol, density L1 {100 * l1.mean():.2f} %")
         if per_frame:
-            write_frame_errors(out / f"table2_errors-{mol}.csv", per_frame)
+            keep = [t for m_, t in kept["pairs"] if m_ == mol]
+            write_frame_errors(out / f"table2_errors-{mol}.csv", per_frame, keep=keep)
     if kept["rows"]:
-        log(f"kept the rows of {', '.join(kept['molecules'])} from the earlier {out / 'table2.json'} "
-            "(same hyperparameter protocol; not recomputed)")
+        log(f"kept the rows of {', '.join(f'{m_} {t} K' for m_, t in kept['pairs'])} from the earlier "
+            f"{out / 'table2.json'} (same hyperparameter protocol; not recomputed)")
         rows, curves, dens = (_in_order(kept[k] + new) for k, new in (("rows", rows), ("curves", curves),
                                                                         ("density", dens)))
         for mol in kept["molecules"]:
@@ -175,15 +183,22 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     return {"rows": rows, "curves": curves, "density": dens, "missing": missing}
 
 
-def write_frame_errors(path: Path, results) -> Path:
+def write_frame_errors(path: Path, results, keep=()) -> Path:
     """Each test frame's signed errors (ML-HK minus PBE, kcal/mol) and density error, one CSV per molecule.
 
     ``results``: ``[(training, fit_and_score result)]``. Columns: training, M, test_frame (its number in
     the 200-frame test set), dE, dE_F, dE_D, density_l1 (fraction). The worst frames of a row are
-    the ones to look at in the app.
+    the ones to look at in the app. ``keep``: trainings whose lines an existing ``path`` holds and
+    that stay (rows kept from an earlier run), in the table's order before or after the new ones.
     """
-    lines = ["training,M,test_frame,dE_kcal_per_mol,dE_F_kcal_per_mol,dE_D_kcal_per_mol,density_l1"]
-    for training, r in results:
+    header = "training,M,test_frame,dE_kcal_per_mol,dE_F_kcal_per_mol,dE_D_kcal_per_mol,density_l1"
+    old = path.read_text().splitlines()[1:] if keep and path.is_file() else []
+    by_training = {t: [ln for ln in old if ln.split(",", 1)[0] == t] for t in keep}
+    lines = [header]
+    for training, r in sorted(list(by_training.items()) + list(results), key=lambda e: list(TRAININGS).index(e[0])):
+        if isinstance(r, list):  # kept lines
+            lines += r
+            continue
         l1 = r["density_l1"] if r["density_l1"] is not None else np.full(r["n_test"], np.nan)
         sg = r["signed"]
         lines += [f"{training},{r['M']},{int(f)},{a:.6f},{b:.6f},{c:.6f},{d:.6g}"
@@ -213,15 +228,15 @@ def _missing_sets(molecule: str, data_dir) -> list[str]:
             if not has_pbe_frames(molecule, s, data_dir)]
 
 
-def kept_from_earlier(out: Path, molecules, how: dict) -> dict:
-    """The entries of an earlier run in ``out`` for molecules this run does not recompute.
+def kept_from_earlier(out: Path, molecules, how: dict, trainings=tuple(TRAININGS)) -> dict:
+    """The entries of an earlier run in ``out`` for the rows this run does not recompute.
 
-    Running one molecule into a folder that holds the whole table updates that molecule's rows and
-    keeps the others. Rows made under another hyperparameter protocol (or before rows recorded it)
+    Running one molecule (or one training of it) into a folder that holds the whole table updates
+    those rows and keeps the others; ``pairs`` lists the kept ``(molecule, training)``. Rows made under another hyperparameter protocol (or before rows recorded it)
     would make a table that mixes protocols, so that is refused with a clear error instead of
     silently dropping or mixing them; nothing is computed or written first.
     """
-    found = {"rows": [], "curves": [], "density": [], "molecules": []}
+    found = {"rows": [], "curves": [], "density": [], "molecules": [], "pairs": []}
     path = out / "table2.json"
     if not path.is_file():
         return found
@@ -236,16 +251,21 @@ def kept_from_earlier(out: Path, molecules, how: dict) -> dict:
     except (OSError, ValueError) as e:
         raise ValueError(f"{out}: cannot read the earlier Table 2 files to keep their other rows ({e}); "
                          "write to another --out folder or move them away") from e
-    others = sorted({r["molecule"] for r in old if r["molecule"] not in molecules}, key=MOLECULES.index)
-    for mol in others:
-        theirs = [r.get("hyperparameters") for r in old if r["molecule"] == mol]
+    stays = lambda e: e["molecule"] not in molecules or e["training"] not in trainings  # noqa: E731
+    pairs = sorted({(r["molecule"], r["training"]) for r in old if stays(r)},
+                   key=lambda p: (MOLECULES.index(p[0]), list(TRAININGS).index(p[1])))
+    for mol, training in pairs:
+        theirs = [r.get("hyperparameters") for r in old if (r["molecule"], r["training"]) == (mol, training)]
         if any(h != how for h in theirs):
             desc = theirs[0] if theirs[0] is not None else "not recorded"
-            raise ValueError(f"{path} holds {mol} rows made with other hyperparameters ({desc}; this run: {how}). "
-                             f"Recompute {mol} too (--molecules), or write to another --out folder")
+            raise ValueError(f"{path} holds {mol} {training} K rows made with other hyperparameters ({desc}; this "
+                             f"run: {how}). Recompute {mol} too (--molecules, all --trainings), or write to another "
+                             "--out folder")
     for k, entries in files.items():
-        found[k] = [e for e in entries if e["molecule"] in others]
-    found["molecules"] = others
+        found[k] = [e for e in entries if stays(e)]
+    found["pairs"] = pairs
+    # molecules none of whose rows this run computes (their missing pools are reported from the data)
+    found["molecules"] = sorted({m_ for m_, _ in pairs if m_ not in molecules}, key=MOLECULES.index)
     return found
 
 
