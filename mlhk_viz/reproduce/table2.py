@@ -194,15 +194,12 @@ def write_frame_errors(path: Path, results, keep=()) -> Path:
     header = "training,M,test_frame,dE_kcal_per_mol,dE_F_kcal_per_mol,dE_D_kcal_per_mol,density_l1"
     old = path.read_text().splitlines()[1:] if keep and path.is_file() else []
     by_training = {t: [ln for ln in old if ln.split(",", 1)[0] == t] for t in keep}
-    lines = [header]
-    for training, r in sorted(list(by_training.items()) + list(results), key=lambda e: list(TRAININGS).index(e[0])):
-        if isinstance(r, list):  # kept lines
-            lines += r
-            continue
+    for training, r in results:
         l1 = r["density_l1"] if r["density_l1"] is not None else np.full(r["n_test"], np.nan)
         sg = r["signed"]
-        lines += [f"{training},{r['M']},{int(f)},{a:.6f},{b:.6f},{c:.6f},{d:.6g}"
-                  for f, a, b, c, d in zip(r["test_frames"], sg["dE"], sg["dE_F"], sg["dE_D"], l1)]
+        by_training[training] = [f"{training},{r['M']},{int(f)},{a:.6f},{b:.6f},{c:.6f},{d:.6g}"
+                                 for f, a, b, c, d in zip(r["test_frames"], sg["dE"], sg["dE_F"], sg["dE_D"], l1)]
+    lines = [header] + [ln for t in TRAININGS for ln in by_training.get(t, [])]
     path.write_text("\n".join(lines) + "\n")
     return path
 
