@@ -15,6 +15,29 @@ DEFAULT_PROTOCOL = {"cv_rule": "min", "energy_features": "predicted"}
 ENERGY_FEATURES = ("predicted", "loo", "dft")
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low`` (a count, a size, an index), refused with the value it got."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def _cmd_generate(args) -> int:
     from .progress import TqdmProgress
     from .reference import geometries
@@ -124,22 +147,12 @@ def _cmd_reproduce(args) -> int:
             print(f"mlhk-viz reproduce fig3b: --molecules takes one of {', '.join(table2.MOLECULES)}, got {mol!r}",
                   file=sys.stderr)
             return 2
-        params = {}
-        for name, v in (("lam", args.lam), ("energy_lam", args.energy_lam)):
-            if v is not None:
-                if not (math.isfinite(v) and v > 0):
-                    print(f"mlhk-viz reproduce fig3b: --{name.replace('_', '-')} must be a positive number, got {v}",
-                          file=sys.stderr)
-                    return 2
-                params[name] = v
+        params = {k: v for k, v in (("lam", args.lam), ("energy_lam", args.energy_lam)) if v is not None}
         params.update(_protocol(args))
         for e in args.extra or ():
             if not Path(e).is_file():
                 print(f"mlhk-viz reproduce fig3b: --extra {e}: no such file", file=sys.stderr)
                 return 2
-        if args.seed < 0:
-            print(f"mlhk-viz reproduce fig3b: --seed must be a non-negative integer, got {args.seed}", file=sys.stderr)
-            return 2
         figures.fig3b(Path(args.out), data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, params=params,
                       seed=args.seed, extra=args.extra, overwrite=args.overwrite, progress=bar, log=print)
     else:
@@ -168,7 +181,9 @@ def _cmd_cube(args) -> int:
     from .datasets import Dataset, write_cube
 
     ds = Dataset.load(args.dataset)
-    c = ds.coefficients()[args.index]
+    if args.index >= len(ds):
+        raise ValueError(f"{args.dataset}: no molecule {args.index}; the set has {len(ds)} (0 to {len(ds) - 1})")
+    c = ds.coefficients(rows=[args.index])[0]
     b = ds.basis
     ax = b.grid_axis(args.points)
     write_cube(args.out, b.to_grid(c, args.points), (ax, ax, ax), ds.numbers, ds.positions[args.index])
@@ -185,13 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("molecule", help="h2, h2o, md (classical MD snapshots) or pbe (PBE for an MD set)")
     g.add_argument("target", nargs="?", help="with md/pbe: benzene, ethane or malonaldehyde")
     g.add_argument("set", nargs="?", help="with pbe: test, train300, train300+350, train300+400 or trace")
-    g.add_argument("--temperature", type=float, default=300.0, help="with md: temperature in K")
+    g.add_argument("--temperature", type=_positive_float, default=300.0, help="with md: temperature in K")
     g.add_argument("--kind", default="pool", help="with md: pool, test or trace")
     g.add_argument("--out", help="output file (default data/<molecule>.npz)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
-    g.add_argument("--workers", type=int, default=2, help="local single-threaded workers (default 2)")
-    g.add_argument("--chunk-size", type=int, default=10, help="geometries per resumable chunk")
-    g.add_argument("--limit", type=int, help="with pbe: compute only the first LIMIT geometries of the set "
+    g.add_argument("--workers", type=_at_least(1), default=2, help="local single-threaded workers (default 2)")
+    g.add_argument("--chunk-size", type=_at_least(1), default=10, help="geometries per resumable chunk")
+    g.add_argument("--limit", type=_at_least(1), help="with pbe: compute only the first LIMIT geometries of the set "
                    "(any prefix of a training set is itself spread out; rerun to extend)")
     g.set_defaults(func=_cmd_generate)
 
@@ -200,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--data-dir", default=str(DATA_DIR), help="folder with the data sets (h2.npz, h2o.npz, MD sets)")
     r.add_argument("--md-dir", help="folder with the classical trajectories (default DATA_DIR/md)")
-    r.add_argument("--curve-max", type=int, default=100, help="table1: largest M of the learning curve")
-    r.add_argument("--m", type=int, help="table2/figures: cap on the training size (default: all PBE frames that exist)")
+    r.add_argument("--curve-max", type=_at_least(2), default=100, help="table1: largest M of the learning curve")
+    r.add_argument("--m", type=_at_least(2), help="table2/figures: cap on the training size (default: all PBE frames that exist)")
     r.add_argument("--molecules", help="table2: comma-separated subset of benzene,ethane,malonaldehyde; "
                                        "fig2: the same (default benzene,ethane, the paper's); "
                                        "fig3b: the one molecule to run (default malonaldehyde, the paper's)")
@@ -209,14 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "recompute; rows of the others already in --out are kept)")
     r.add_argument("--forces", default="fd", choices=("fd", "analytic"),
                    help="fig3b: central finite differences of the ML energy (the paper's, default) or the exact gradient")
-    r.add_argument("--seed", type=int, default=0, help="fig3b: the Langevin run's random seed (default 0)")
+    r.add_argument("--seed", type=_at_least(0), default=0, help="fig3b: the Langevin run's random seed (default 0)")
     r.add_argument("--extra", nargs="+", metavar="FILE",
                    help="fig3b: data sets of more PBE frames of the molecule to train on beside the pool, "
                         "e.g. earlier runs' fig3b-pbe.npz (active learning, beyond the paper's protocol)")
     r.add_argument("--overwrite", action="store_true",
                    help="fig3b: replace a run of another model or protocol in --out (its trajectory and PBE single points)")
-    r.add_argument("--lam", type=float, help="fig3b: fix the density model's ridge λ (default: LOO CV)")
-    r.add_argument("--energy-lam", type=float,
+    r.add_argument("--lam", type=_positive_float, help="fig3b: fix the density model's ridge λ (default: LOO CV)")
+    r.add_argument("--energy-lam", type=_positive_float,
                    help="fig3b: fix the energy functional's ridge λ (default: LOO CV); σ stays chosen by CV")
     r.add_argument("--cv-rule", default="min", choices=("min", "1se"),
                    help="table2/fig3b: ML-HK hyperparameters with the lowest LOO error (the paper's, default) or by "
@@ -229,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("assemble", help="one data set of an MD molecule's PBE frames (pool, test, trace) for the app")
     a.add_argument("molecule", help="benzene, ethane or malonaldehyde")
     a.add_argument("--training", help="train300, train300+350 or train300+400 (default: the one with most frames)")
-    a.add_argument("--m", type=int, help="cap on the training-pool frames")
-    a.add_argument("--test", type=int, help="cap on the test frames (the first ones; default all)")
+    a.add_argument("--m", type=_at_least(1), help="cap on the training-pool frames")
+    a.add_argument("--test", type=_at_least(1), help="cap on the test frames (the first ones; default all)")
     a.add_argument("--out", help="output file (default data/<molecule>-md.npz)")
     a.set_defaults(func=_cmd_assemble)
 
@@ -240,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cube", help="write a DFT density of a data set as a Gaussian cube file")
     c.add_argument("dataset")
-    c.add_argument("index", type=int)
+    c.add_argument("index", type=_at_least(0))
     c.add_argument("out")
-    c.add_argument("--points", type=int, default=80)
+    c.add_argument("--points", type=_at_least(2), default=80, help="grid points per axis")
     c.set_defaults(func=_cmd_cube)
     return p
 

@@ -261,9 +261,13 @@ def test_assemble_caps_pool_and_test_and_keeps_the_trace(tmp_path, capsys):
     assert back.meta["roles"] == roles
     np.testing.assert_array_equal(back.positions, ds.positions)
     for flag in ("--test", "--m"):
-        assert main(["assemble", "ethane", flag, "0", "--out", str(tmp_path / "bad.npz")]) == 1
-        assert "must be a positive number of frames, got 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            main(["assemble", "ethane", flag, "0", "--out", str(tmp_path / "bad.npz")])
+        assert exc.value.code == 2 and f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
         assert not (tmp_path / "bad.npz").exists()
+    for cap in ("m", "n_test"):  # the library's own check, for callers that do not go through the parser
+        with pytest.raises(ValueError, match=f"{cap} must be a positive number of frames, got 0"):
+            assemble("ethane", data, md, **{cap: 0})
 
 
 def test_frames_shared_between_training_pools_carry_the_same_pbe_results():

@@ -39,6 +39,8 @@ def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
     """``(training label, Dataset, indices)``: the training set with the most PBE frames (first ``m``)."""
     from ..reference.md_sets import load_partial
 
+    if m is not None and m < 2:
+        raise ValueError(f"{molecule}: m caps the training size and must be at least 2 frames, got {m}")
     # only the training sets: the test set is not needed here
     trains = {t: d for t, s in TRAININGS.items() if (d := load_partial(molecule, s, data_dir, md_dir)) is not None}
     if not trains:

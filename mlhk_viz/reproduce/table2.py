@@ -118,6 +118,8 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     wrong = [t for t in trainings if t not in TRAININGS]
     if wrong or not trainings:
         raise ValueError(f"table2: trainings must be among {', '.join(TRAININGS)}; got {', '.join(trainings) or 'none'}")
+    if m is not None and m < 2:
+        raise ValueError(f"table2: m caps the training size and must be at least 2 frames, got {m}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
