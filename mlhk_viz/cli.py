@@ -271,6 +271,11 @@ def main(argv=None) -> int:
     except (DatasetError, ValueError) as exc:
         print(f"mlhk-viz {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`mlhk-viz info f | head -1`): stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        return 141
 
 
 if __name__ == "__main__":

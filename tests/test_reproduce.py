@@ -90,6 +90,19 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "differs in energy_features" in err and "fixed" not in err and earlier.read_bytes() == before
 
 
+def test_cli_stops_quietly_when_its_reader_goes_away():
+    """``mlhk-viz info FILE | head -1``: the pipe closes before the output is written; no traceback."""
+    import subprocess
+    import sys
+
+    h2 = Path(__file__).resolve().parent.parent / "data" / "h2.npz"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from mlhk_viz.cli import main; sys.exit(main())",
+                             "info", str(h2)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the first line: importing numpy and reading the file take far longer
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == "", err
+
+
 def test_fit_models_fixed_hyperparameters_are_used_and_the_rest_cross_validated():
     """fig3b's ``params``: a fixed λ is the one fitted; σ is still LOO-chosen from the grid, and the
     model equals an explicit MLHK fit with that (σ, λ) on the same frames."""
