@@ -156,12 +156,33 @@ def density_weights(eig: Eigen, lam: float) -> tuple[np.ndarray, np.ndarray, np.
     return b, 0.5 * (B + B.T), var
 
 
+def functional_training_weights(B: np.ndarray, features: str = "predicted") -> np.ndarray:
+    """(M, M) weights ``W``: the energy functional's training densities are ``offset + W @ Yc``.
+
+    ``B`` is the density model's :func:`density_weights` for its training molecules. ``features``, as
+    ``MLHK(energy_features=...)``: ``"predicted"``, the in-sample predictions (``W = B``, the paper's
+    Eq. 13); ``"loo"``, the exact leave-one-out predictions with the same offset (row ``i`` is
+    ``e_i - (e_i - B_i) / (1 - B_ii)``: a linear smoother's residual without its own point, as
+    ``KernelRidgeModel.loo_predictions``); ``"dft"``, the DFT densities (``W = I``).
+    """
+    B = np.asarray(B, float)
+    if features == "predicted":
+        return B
+    eye = np.eye(len(B))
+    if features == "dft":
+        return eye
+    if features == "loo":
+        return eye - (eye - B) / (1.0 - np.diag(B))[:, None]
+    raise ValueError(f"features must be 'predicted', 'loo' or 'dft', got {features!r}")
+
+
 def functional_distances(b: np.ndarray, B: np.ndarray, G: np.ndarray, H: np.ndarray | None = None,
                          nt: np.ndarray | None = None) -> dict:
     """Squared density distances for the energy functional (Eq. 13), all from (M, M) algebra.
 
-    Returns ``train`` (M, M) between the model's own predicted training densities (its training
-    inputs), ``predicted`` (n, M) from each predicted density ``b`` to them, and, if ``H`` and
+    ``B`` (M, M): the weights of the functional's training densities (:func:`functional_training_weights`;
+    the paper's are the density model's own predictions). Returns ``train`` (M, M) between those
+    training densities, ``predicted`` (n, M) from each predicted density ``b`` to them, and, if ``H`` and
     ``nt`` are given, ``dft`` (n_scored, M) from the DFT densities of the scored molecules to them.
     """
     BG = B @ G

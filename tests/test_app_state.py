@@ -128,6 +128,44 @@ def test_cv_rule_knob_picks_what_the_library_picks_by_that_rule(st, app_modules,
     assert st.cv_rule == "1se"
 
 
+def test_energy_features_knob_trains_the_functional_as_the_library_does(st, app_modules):
+    """'leave-one-out' and 'DFT' train the energy functional on other densities (MLHK(energy_features=...)); the
+    app's M-space numbers equal the library's model, the curve and a saved model follow, and the paper's
+    choice comes back."""
+    views, compute = app_modules[4], app_modules[1]
+    ds = Dataset.load(H2)
+    paper = st.result
+    assert paper.knobs.energy_features == "predicted" and "densities" not in views._chosen_html(paper, "ML-HK")
+    for feats, said in (("loo", "on LOO densities"), ("dft", "on DFT densities")):
+        st.energy_features = feats
+        assert st.wait(300) and not st.error, st.error
+        r = st.result
+        assert r.knobs.energy_features == feats
+        np.testing.assert_array_equal(r.train, paper.train)
+        assert (r.hk.sigma, r.hk.lam) == (paper.hk.sigma, paper.hk.lam)  # the density model does not change
+        ev = evaluation.evaluate(ds, r.train, r.test, dict(energy_features=feats))
+        assert r.energy.sigma == pytest.approx(ev.mlhk.energy_hyper_.sigma, rel=1e-6) and r.energy.lam == ev.mlhk.energy_hyper_.lam
+        lib, app = ev.summary(), r.summary()
+        for q in ("mlhk_dE", "mlhk_dED"):
+            assert app[q] == pytest.approx(lib[q], rel=1e-3, abs=2e-4), (feats, q)
+        assert app["mlks_dE"] == paper.summary()["mlks_dE"]  # ML-KS has no functional
+        assert app["mlhk_dE"] != pytest.approx(paper.summary()["mlhk_dE"], rel=1e-3)
+        assert said in views._chosen_html(r, "ML-HK")
+        assert compute.curve_point(str(H2), 10, 0.2, 0.08, energy_features=feats)["mlhk_dE"] == app["mlhk_dE"][0]
+    # a saved model records the choice, and opening it sets the knob
+    path = st.model_dir / "h2-dft.npz"
+    st.save(path)
+    assert st.wait(300, jobs=("save",)) and not st.error, st.error
+    assert load_model(path).energy_features == "dft"
+    st.energy_features = "predicted"
+    assert st.wait(300) and not st.error, st.error
+    assert st.result.summary() == paper.summary()
+    st.refresh_lists()
+    st.model_file = str(path.resolve())
+    assert st.wait(300) and not st.error, st.error
+    assert st.energy_features == "dft"
+
+
 def test_lambda_change_reuses_the_eigendecomposition(st, app_modules):
     cache = app_modules[0]
     st.param.update(sigma_auto=False, lam_auto=False, log_lam=-7.0)

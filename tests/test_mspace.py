@@ -75,6 +75,36 @@ def test_functional_distances_and_l2_equal_explicit_distances(problem):
     np.testing.assert_allclose(l2, np.linalg.norm(n_all[scored] - U[scored], axis=1), rtol=1e-7)
 
 
+def test_functional_training_weights_give_the_loo_and_dft_densities(problem):
+    """The energy functional's training densities for each ``energy_features``: the leave-one-out ones equal
+    explicit refits without each molecule (sklearn, the same offset), the DFT ones the training rows."""
+    U, D, train, scored = problem
+    sigma, lam = 1.3, 1e-3
+    eig = mspace.kernel_eigen(D[np.ix_(train, train)], D[:, train], sigma)
+    b, B, _ = mspace.density_weights(eig, lam)
+    g = mspace.coefficient_grams(U, train, scored)
+    Yc = U[train] - g.offset
+    K = mspace.gauss(D[np.ix_(train, train)], sigma)
+    loo = np.empty_like(Yc)
+    for i in range(len(train)):  # brute force: M refits, each without molecule i
+        keep = np.arange(len(train)) != i
+        loo[i] = KernelRidge(alpha=lam, kernel="precomputed").fit(K[np.ix_(keep, keep)], Yc[keep]).predict(K[i:i + 1, keep])[0]
+    W = mspace.functional_training_weights(B, "loo")
+    np.testing.assert_allclose(W @ Yc, loo, rtol=1e-8, atol=1e-8 * np.abs(loo).max())
+    np.testing.assert_array_equal(mspace.functional_training_weights(B, "dft"), np.eye(len(train)))
+    assert mspace.functional_training_weights(B, "predicted") is B
+    # and the distances the functional sees are the explicit ones between those densities
+    fd = mspace.functional_distances(b, W, g.G, g.H, g.nt)
+    n_all = b @ Yc + g.offset
+    sq = lambda A, C: ((A[:, None] - C[None]) ** 2).sum(-1)  # noqa: E731
+    scale = sq(loo, loo).max()
+    np.testing.assert_allclose(fd["train"], sq(loo, loo), atol=1e-8 * scale)
+    np.testing.assert_allclose(fd["predicted"], sq(n_all, loo + g.offset), atol=1e-8 * scale)
+    np.testing.assert_allclose(fd["dft"], sq(U[scored], loo + g.offset), atol=1e-8 * scale)
+    with pytest.raises(ValueError, match="features must be 'predicted', 'loo' or 'dft', got 'exact'"):
+        mspace.functional_training_weights(B, "exact")
+
+
 def test_choose_keeps_given_values_and_cv_picks_from_the_grid(problem):
     U, D, train, _ = problem
     Dtr = D[np.ix_(train, train)]

@@ -308,6 +308,7 @@ class FitKnobs:
     ks_lam: float | None = None
     seed: int = 0
     cv_rule: str = "min"  # "min" (lowest LOO error, the paper's) or "1se" (krr.cv_grid), for every CV
+    energy_features: str = "predicted"  # what the energy functional trains on, as MLHK(energy_features=...)
 
 
 def _choose(D, Y, med, factor, lam, progress, stage, center=True, rule="min") -> Choice:
@@ -443,8 +444,10 @@ def fit(k: FitKnobs, progress=null_progress) -> FitResult:
     gr = grams(entry, train)
     E = entry.ds.energies
     y = E[train]
-    # ML-HK energy functional on the model's own training densities (Eq. 13), all via G
-    fd = mspace.functional_distances(dm.b, dm.B, gr.G, gr.H, gr.nt)
+    # ML-HK energy functional on the model's own training densities (Eq. 13; or their leave-one-out
+    # predictions, or the DFT densities), all via G
+    W = mspace.functional_training_weights(dm.B, k.energy_features)
+    fd = mspace.functional_distances(dm.b, W, gr.G, gr.H, gr.nt)
     DF = fd["train"]
     energy = _choose(DF, y[:, None], median_distance(DF), None, None, progress, "energy CV", rule=k.cv_rule)
     em = KernelRidgeModel().fit(DF, y[:, None], energy.sigma, energy.lam)
@@ -609,12 +612,12 @@ def prefetch(dataset: str, ms, gamma: float, spacing: float, progress=null_progr
 
 # ------------------------------------------------------------------------------ learning curve
 def curve_point(dataset: str, m: int, gamma: float, spacing: float, progress=null_progress,
-                cv_rule: str = "min") -> dict:
+                cv_rule: str = "min", energy_features: str = "predicted") -> dict:
     """MAE (kcal/mol) of ML-HK, ML-KS and dE_D at training size m, all hyperparameters by CV (``cv_rule``)."""
-    key = ("curve", file_key(dataset), int(m), float(gamma), float(spacing), cv_rule)
+    key = ("curve", file_key(dataset), int(m), float(gamma), float(spacing), cv_rule, energy_features)
 
     def build():
-        r = fit(FitKnobs(dataset, int(m), gamma, spacing, cv_rule=cv_rule), progress)
+        r = fit(FitKnobs(dataset, int(m), gamma, spacing, cv_rule=cv_rule, energy_features=energy_features), progress)
         s = r.summary()
         return {"M": int(m), "mlhk_dE": s["mlhk_dE"][0], "mlks_dE": s["mlks_dE"][0], "mlhk_dED": s["mlhk_dED"][0]}
 
@@ -669,7 +672,7 @@ def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = 
                      permutations=perms, cv_rule=k.cv_rule).fit(pos, E, numbers=entry.ds.numbers)
     else:
         model = MLHK(k.gamma, k.spacing, sigma=r.hk.sigma, lam=r.hk.lam, energy_sigma=r.energy.sigma,
-                     energy_lam=r.energy.lam, reference=ref, permutations=perms,
-                     cv_rule=k.cv_rule).fit(pos, E, entry.U[r.train], numbers=entry.ds.numbers)
+                     energy_lam=r.energy.lam, reference=ref, permutations=perms, cv_rule=k.cv_rule,
+                     energy_features=k.energy_features).fit(pos, E, entry.U[r.train], numbers=entry.ds.numbers)
     progress(1, 1, "library fit")
     return model

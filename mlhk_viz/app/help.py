@@ -17,6 +17,12 @@ KNOBS = {
                "paper's), or the one-standard-error rule, the smoothest pair (largest λ, then σ) whose error is within "
                "one standard error of the lowest. On malonaldehyde the rule nearly halves the largest errors; it does "
                "not lower the mean error (docs/reproduce.md).",
+    "energy_features": "The densities ML-HK's energy functional learns from. 'predicted': the density model's own "
+                       "predictions for the training molecules (the paper's). 'leave-one-out': each training "
+                       "molecule's density as predicted by the model fitted without it, so the functional sees errors "
+                       "the size it meets on new molecules. 'DFT': the exact densities. The split ΔE = ΔE_F + ΔE_D "
+                       "moves with this choice: ΔE_D is the error of feeding the functional a predicted density, which "
+                       "a functional trained on predicted densities has partly learned (docs/reproduce.md, session 14).",
     "m": "Number of training molecules, chosen by K-means in geometry space (nearly evenly spread); the test set is fixed.",
     "molecule": "Molecule shown in 3D (index in the data set). Click a point in any error plot to pick it.",
     "iso": "Iso level of the density surfaces, electrons/bohr³.",

@@ -24,9 +24,12 @@ from . import compute, engine, tasks
 
 HK, KS = "ML-HK", "ML-KS"
 SHOW = ["predicted", "DFT", "difference"]
-FIT_KNOBS = ["dataset", "m", "gamma", "spacing", "sigma_auto", "log_sigma", "lam_auto", "log_lam", "cv_rule"]
+FIT_KNOBS = ["dataset", "m", "gamma", "spacing", "sigma_auto", "log_sigma", "lam_auto", "log_lam", "cv_rule",
+             "energy_features"]
 #: the CV rules, as shown -> as the library names them (krr.cv_grid)
 CV_RULES = {"lowest error": "min", "one standard error": "1se"}
+#: what the energy functional trains on, as shown -> as the library names it (MLHK(energy_features=...))
+ENERGY_FEATURES = {"predicted": "predicted", "leave-one-out": "loo", "DFT": "dft"}
 VIEW_KNOBS = ["molecule", "iso", "diff_frac", "show", "layout3d", "uncertainty"]
 
 
@@ -56,6 +59,10 @@ class AppState(param.Parameterized):
     cv_rule = param.Selector(default="min", objects=list(CV_RULES.values()),
                              doc="How CV picks (sigma, lambda) for every model: 'min' the lowest LOO error (the "
                                  "paper's), '1se' the smoothest pair within one standard error of it")
+    energy_features = param.Selector(
+        default="predicted", objects=list(ENERGY_FEATURES.values()),
+        doc="The densities ML-HK's energy functional is trained on: 'predicted' the density model's own predictions "
+            "for the training molecules (the paper's), 'loo' its leave-one-out predictions, 'dft' the DFT densities")
     m = param.Integer(default=10, bounds=(2, compute.MAX_M), doc="Training size M (K-means in geometry space)")
     molecule = param.Integer(default=0, bounds=(0, None), doc="Molecule shown in 3D (index in the data set)")
     iso = param.Number(default=0.05, bounds=(0.002, 0.3), step=0.002, doc="Iso level of the densities, e/bohr³")
@@ -244,7 +251,7 @@ class AppState(param.Parameterized):
         s = lambda h: None if h["sigma_auto"] else 10 ** _r(h["log_sigma"])  # noqa: E731
         lm = lambda h: None if h["lam_auto"] else 10 ** _r(h["log_lam"])  # noqa: E731
         return compute.FitKnobs(self.dataset, int(self.m), _r(self.gamma), _r(self.spacing), s(hk), lm(hk), s(ks), lm(ks),
-                                cv_rule=self.cv_rule)
+                                cv_rule=self.cv_rule, energy_features=self.energy_features)
 
     def source(self) -> tuple:
         if self.loaded_path:
@@ -307,7 +314,7 @@ class AppState(param.Parameterized):
         if self._want_curve:
             self.request_curve()
 
-    @param.depends("gamma", "spacing", "cv_rule", watch=True)
+    @param.depends("gamma", "spacing", "cv_rule", "energy_features", watch=True)
     def _descriptor_changed(self):
         if not self._quiet and self._want_curve:
             self.curve = []
@@ -399,22 +406,24 @@ class AppState(param.Parameterized):
         entry = compute.load_header(ds)
         sizes = compute.curve_sizes(entry)
         self.curve_sizes = sizes
-        self._curve_next(ds, g, s, self.cv_rule, sizes, 0)
+        self._curve_next(ds, g, s, (self.cv_rule, self.energy_features), sizes, 0)
 
-    def _curve_next(self, ds, g, s, rule, sizes, k):
+    def _curve_next(self, ds, g, s, how, sizes, k):
+        """Point ``k`` of the curve for data set ``ds``, descriptor (``g``, ``s``) and ``how`` = (CV rule,
+        energy features); a point that arrives after any of them changed is dropped."""
         if k >= len(sizes):
             self._finish("curve")
             return
         self._start("curve")
 
         def done(point):
-            if (self.dataset, _r(self.gamma), _r(self.spacing), self.cv_rule) != (ds, g, s, rule):
+            if (self.dataset, _r(self.gamma), _r(self.spacing), (self.cv_rule, self.energy_features)) != (ds, g, s, how):
                 return
             self.curve = self.curve + [point]
-            self._curve_next(ds, g, s, rule, sizes, k + 1)
+            self._curve_next(ds, g, s, how, sizes, k + 1)
 
-        self.jobs["curve"].submit(tasks.curve_point, ds, sizes[k], g, s, rule, on_done=done, on_error=self._on_error("curve"),
-                                  priority=-10)
+        self.jobs["curve"].submit(tasks.curve_point, ds, sizes[k], g, s, *how, on_done=done,
+                                  on_error=self._on_error("curve"), priority=-10)
 
     def _prefetch(self, k) -> None:
         """Warm the caches for the next likely sizes in the background (an M step then skips K-means and the
@@ -509,7 +518,8 @@ class AppState(param.Parameterized):
         self._show_cv_choice()
         if src[0] == "file":
             with self._quietly():
-                self.param.update(gamma=res.knobs.gamma, spacing=res.knobs.spacing, cv_rule=res.knobs.cv_rule)
+                self.param.update(gamma=res.knobs.gamma, spacing=res.knobs.spacing, cv_rule=res.knobs.cv_rule,
+                                  energy_features=res.knobs.energy_features)
             self.status = f"model file {Path(src[1]).name}: {self.model_label(src[1])}"
         else:
             s = res.summary()

@@ -66,8 +66,8 @@ def fit(progress, knobs):
     return compute.fit(knobs, progress)
 
 
-def curve_point(progress, dataset, m, gamma, spacing, cv_rule="min"):
-    return compute.curve_point(dataset, m, gamma, spacing, progress, cv_rule)
+def curve_point(progress, dataset, m, gamma, spacing, cv_rule="min", energy_features="predicted"):
+    return compute.curve_point(dataset, m, gamma, spacing, progress, cv_rule, energy_features)
 
 
 def save_model(progress, knobs, kind, path):
@@ -135,7 +135,7 @@ def loaded_fit(progress, path, dataset):
         ks = compute.Choice(float(model.model_.sigma_[0]), float(model.model_.lam_[0]), float("nan"), (False, False))
         hk = en = compute.Choice(float("nan"), float("nan"), float("nan"), (False, False))
     knobs = compute.FitKnobs(dataset, len(model.X_fit_), float(p["gamma"]), float(p["spacing"]),
-                             cv_rule=p.get("cv_rule", "min"))
+                             cv_rule=p.get("cv_rule", "min"), energy_features=p.get("energy_features", "predicted"))
     res = compute.FitResult(knobs, ds.name, np.array([], int), t, hk, en, ks, ds.energies.copy(), E_hk, E_ks, E_at, l2,
                             var, entry.x_label, entry.x_values, entry.traj, entry.traj_x, entry.traj_label, E_at_traj)
     progress(2, 2, "predict")

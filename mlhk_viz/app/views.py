@@ -18,7 +18,7 @@ from ..evaluation import KCAL_PER_HARTREE
 from ..reproduce.paper import QUANTITIES, TABLE1
 from . import compute, help as H
 from .scene import PANE_SIZE, Scene
-from .state import CV_RULES, HK, KS, SHOW
+from .state import CV_RULES, ENERGY_FEATURES, HK, KS, SHOW
 
 hv.extension("bokeh", logo=False)
 hv.opts.defaults(hv.opts.Points(framewise=True), hv.opts.Scatter(framewise=True), hv.opts.Curve(framewise=True),
@@ -121,6 +121,8 @@ def controls(state) -> pn.Column:
                                                     css_classes=["w-lam"])
     rule = pn.widgets.RadioButtonGroup.from_param(p.cv_rule, name="CV rule", options=CV_RULES, css_classes=["w-cv-rule"],
                                                   color="light")
+    feats = pn.widgets.RadioButtonGroup.from_param(p.energy_features, name="Energy functional trained on",
+                                                   options=ENERGY_FEATURES, css_classes=["w-energy-features"], color="light")
     m = _clamped(ClampedIntSlider, p.m, state, name="Training size M", css_classes=["w-m"])
     # fixed heights on the texts that change per update, so that nothing below them jumps (tall enough
     # for the table's wrapped rows: at 92 px the Save button covered its last row)
@@ -157,6 +159,7 @@ def controls(state) -> pn.Column:
         "### Model", w(kind, K["kind"]), w(gamma, K["gamma"]), w(spacing, K["spacing"]), w(sig_auto, K["sigma_auto"]),
         w(sig, K["sigma"]), w(lam_auto, K["lam_auto"]), w(lam, K["lam"]),
         pn.pane.HTML("CV rule for 'auto':", margin=(8, 10, -8, 10)), w(rule, K["cv_rule"]),
+        pn.pane.HTML("Energy functional trained on:", margin=(8, 10, -8, 10)), w(feats, K["energy_features"]),
         w(m, K["m"]), chosen, w(save, K["save"]), saved,
         "### View", w(mol, K["molecule"]), w(iso, K["iso"]), w(dfrac, K["diff_frac"]), w(show, K["show"]),
         w(lay, K["layout3d"]), w(unc, K["uncertainty"]),
@@ -184,6 +187,8 @@ def _chosen_html(result, kind):
             how.append("λ by CV")
         if any(ch.by_cv) and ch.rule == "1se":
             how.append("1-SE rule")
+        if label == "ML-HK energy functional" and result.knobs.energy_features != "predicted":  # not Eq. 13
+            how.append({"loo": "on LOO densities", "dft": "on DFT densities"}[result.knobs.energy_features])
         rows.append(f"<tr><td>{label}</td><td class='sigma' data-value='{ch.sigma!r}'>{_fmt(ch.sigma)}</td>"
                     f"<td class='lam' data-value='{ch.lam!r}'>{_fmt(ch.lam)}</td>"
                     f"<td>{', '.join(how) or 'set by hand'}</td></tr>")
