@@ -264,6 +264,15 @@ def test_app_in_browser(browser, server):
     page.locator(".w-cv-rule").get_by_text("lowest error", exact=True).click()
     page.locator(".hyper-table", has_text="1-SE rule").wait_for(state="detached", timeout=LONG)
     assert picks() == lowest
+    # -- the energy functional trained on leave-one-out densities: the library's pick, then the paper's again
+    page.locator(".w-energy-features").get_by_text("leave-one-out", exact=True).click()
+    page.locator(".hyper-table", has_text="on LOO densities").wait_for(timeout=LONG)
+    ev_loo = evaluation.evaluate(ds, train10, test, dict(energy_features="loo"))
+    assert picks()[1][0] == pytest.approx(ev_loo.mlhk.energy_hyper_.sigma, rel=1e-6)
+    assert picks()[1][1] == ev_loo.mlhk.energy_hyper_.lam and picks()[0] == lowest[0]
+    page.locator(".w-energy-features").get_by_text("predicted", exact=True).click()
+    page.locator(".hyper-table", has_text="on LOO densities").wait_for(state="detached", timeout=LONG)
+    assert picks() == lowest
 
     # -- retrain with sigma, lambda and M set by hand; the page shows the library's numbers
     set_number(page, ".w-m", 12)
