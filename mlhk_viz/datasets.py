@@ -73,6 +73,8 @@ def load_npz(path, kind: str = FORMAT) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # np.load would take it for a .npy array or a pickle and say so
+        raise DatasetError(f"{path}: not a readable .npz file (truncated or corrupt?): it is not a zip archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

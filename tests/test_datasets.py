@@ -167,6 +167,13 @@ def test_loader_rejects_truncated_and_missing(tmp_path, small):
         Dataset.load(tmp_path / "cut.npz")
     with pytest.raises(DatasetError, match="no such file"):
         Dataset.load(tmp_path / "nope.npz")
+    # a plain .npy array or a text file named .npz: np.load would return an array or talk of pickles
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    (tmp_path / "notes.npz").write_text("energies in Hartree\n")
+    for name in ("array.npz", "notes.npz"):
+        with pytest.raises(DatasetError, match=f"{name}: not a readable .npz file .* it is not a zip archive"):
+            Dataset.load(tmp_path / name)
 
 
 def test_failed_save_keeps_the_old_file(tmp_path, small):
