@@ -192,12 +192,16 @@ def test_power_law_fit_recovers_an_exact_power_law():
 
     from mlhk_viz.reproduce.table2 import power_law
     ms = np.array([10, 20, 50, 100])
-    f = power_law(ms, 3.0 * ms ** -0.6)
+    f = power_law(ms, 3.0 * ms ** -0.6, from_m=100)
     assert f["b"] == pytest.approx(0.6) and f["a"] == pytest.approx(3.0)
-    assert f["mae_at_2000"] == pytest.approx(3.0 * 2000 ** -0.6)
+    assert f["mae_at_2000"] == pytest.approx(3.0 * 2000 ** -0.6) and f["why_not"] is None
     assert power_law([10], [1.0]) is None
-    rising = power_law(ms, 0.1 * ms ** 0.2)  # noise on a plateau: no extrapolation
-    assert rising["b"] == pytest.approx(-0.2) and rising["mae_at_2000"] is None
+    rising = power_law(ms, 0.1 * ms ** 0.2, from_m=100)  # noise on a plateau: no extrapolation
+    assert rising["b"] == pytest.approx(-0.2) and rising["mae_at_2000"] is None and rising["why_not"] == "not decreasing"
+    # a curve that ends before the power-law range of the measured curves (M = 500) is fitted, not extrapolated
+    early = power_law(ms, 3.0 * ms ** -0.6)
+    assert early["b"] == pytest.approx(0.6) and early["mae_at_2000"] is None
+    assert early["why_not"] == "curve ends at M = 100 < 500"
 
 
 @pytest.mark.slow

@@ -83,19 +83,28 @@ def fit_and_score(train: Dataset, test: Dataset, m: int, density: bool = False, 
     }
 
 
-def power_law(ms, maes, last: int = 3) -> dict | None:
+#: the smallest M a curve must reach before it is extrapolated to M = 2000. Every measured curve (three
+#: molecules, five pools) is flat or noisy up to M = 140-200 and falls as a power law from about M = 300
+#: (docs/results/table2.md); a fit through the plateau would promise nearly the error at small M.
+ESTIMATE_FROM_M = 500
+
+
+def power_law(ms, maes, last: int = 3, from_m: int = ESTIMATE_FROM_M) -> dict | None:
     """Least-squares ``MAE = a M^-b`` over the last ``last`` curve points, and its value at M = 2000.
 
-    A curve that does not decrease over those points (b <= 0: noise on a plateau) is not extrapolated:
-    ``mae_at_2000`` is then None, since an error that grows with more data is not a prediction.
+    Not extrapolated (``mae_at_2000`` None, the reason in ``why_not``) when the curve does not decrease
+    over those points (b <= 0: noise on a plateau; an error that grows with more data is not a
+    prediction) or ends before ``from_m`` (:data:`ESTIMATE_FROM_M`).
     """
     ms, maes = np.asarray(ms, float), np.asarray(maes, float)
     if len(ms) < 2:
         return None
     x, y = np.log(ms[-last:]), np.log(maes[-last:])
     slope, icpt = np.polyfit(x, y, 1)
-    at = float(np.exp(icpt) * TARGET_M ** slope) if slope < 0 else None
-    return {"a": float(np.exp(icpt)), "b": float(-slope), "points": int(len(x)), "mae_at_2000": at}
+    why_not = ("not decreasing" if slope >= 0 else f"curve ends at M = {int(ms[-1])} < {from_m}"
+               if ms[-1] < from_m else None)
+    at = float(np.exp(icpt) * TARGET_M ** slope) if why_not is None else None
+    return {"a": float(np.exp(icpt)), "b": float(-slope), "points": int(len(x)), "mae_at_2000": at, "why_not": why_not}
 
 
 def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve: bool = True,
@@ -337,7 +346,8 @@ def format_markdown(rows, curves, dens, missing=(), params: dict | None = None) 
             r, p = by[(mol, tr, q)], TABLE2.get((mol, tr), {}).get(q)
             f = (fits.get((mol, tr)) or {}).get(q)
             ok = " ✓" if p and r["mae"] <= p[0] else ""
-            est = ("–" if not f else f"{f['mae_at_2000']:.2g}" if f["mae_at_2000"] is not None else "not decreasing")
+            est = ("–" if not f else f"{f['mae_at_2000']:.2g}" if f["mae_at_2000"] is not None
+                   else "– (" + f.get("why_not", "not decreasing").replace("curve ends at ", "") + ")")
             cells += [f"{r['mae']:.3g}{ok}", f"{r['max']:.3g}" + (f" ({p[1]:.2g})" if p else ""),
                       est + (f" ({p[0]:.2g})" if p else "")]
         r0 = by[(mol, tr, "mlhk_dE")]
