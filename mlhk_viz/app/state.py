@@ -315,7 +315,7 @@ class AppState(param.Parameterized):
             self.request_curve()
 
     @param.depends("gamma", "spacing", "cv_rule", "energy_features", watch=True)
-    def _descriptor_changed(self):
+    def _curve_inputs_changed(self):  # the learning curve starts again for the new inputs
         if not self._quiet and self._want_curve:
             self.curve = []
             self.request_curve()
