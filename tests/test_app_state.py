@@ -93,6 +93,22 @@ def test_auto_cv_picks_what_the_library_picks(st):
     assert st.log_lam == pytest.approx(np.log10(r.hk.lam), abs=1e-9)
 
 
+def save_reset_reopen(st, name, knob, value, reset, then=lambda: True):
+    """Save the app's model as ``name`` (the file records ``knob`` = ``value``), set the knob to ``reset`` and
+    retrain (``then()`` must hold there), open the file: the knob reads ``value`` again."""
+    path = st.model_dir / name
+    st.save(path)
+    assert st.wait(300, jobs=("save",)) and not st.error, st.error
+    assert getattr(load_model(path), knob) == value
+    setattr(st, knob, reset)
+    assert st.wait(300) and not st.error, st.error
+    assert then()
+    st.refresh_lists()
+    st.model_file = str(path.resolve())
+    assert st.wait(300) and not st.error, st.error
+    assert getattr(st, knob) == value
+
+
 def test_cv_rule_knob_picks_what_the_library_picks_by_that_rule(st, app_modules, tmp_path):
     views = app_modules[4]
     ds = Dataset.load(H2)
@@ -115,17 +131,7 @@ def test_cv_rule_knob_picks_what_the_library_picks_by_that_rule(st, app_modules,
     compute = app_modules[1]
     for rule, res in (("1se", r), ("min", lowest)):
         assert compute.curve_point(str(H2), 10, 0.2, 0.08, cv_rule=rule)["mlhk_dE"] == res.summary()["mlhk_dE"][0]
-    # a saved model records the rule, and opening it sets the knob
-    path = st.model_dir / "h2-1se.npz"
-    st.save(path)
-    assert st.wait(300, jobs=("save",)) and not st.error, st.error
-    assert load_model(path).cv_rule == "1se"
-    st.cv_rule = "min"
-    assert st.wait(300) and not st.error, st.error
-    st.refresh_lists()
-    st.model_file = str(path.resolve())
-    assert st.wait(300) and not st.error, st.error
-    assert st.cv_rule == "1se"
+    save_reset_reopen(st, "h2-1se.npz", "cv_rule", "1se", "min")
 
 
 def test_energy_features_knob_trains_the_functional_as_the_library_does(st, app_modules):
@@ -152,18 +158,8 @@ def test_energy_features_knob_trains_the_functional_as_the_library_does(st, app_
         assert app["mlhk_dE"] != pytest.approx(paper.summary()["mlhk_dE"], rel=1e-3)
         assert said in views._chosen_html(r, "ML-HK")
         assert compute.curve_point(str(H2), 10, 0.2, 0.08, energy_features=feats)["mlhk_dE"] == app["mlhk_dE"][0]
-    # a saved model records the choice, and opening it sets the knob
-    path = st.model_dir / "h2-dft.npz"
-    st.save(path)
-    assert st.wait(300, jobs=("save",)) and not st.error, st.error
-    assert load_model(path).energy_features == "dft"
-    st.energy_features = "predicted"
-    assert st.wait(300) and not st.error, st.error
-    assert st.result.summary() == paper.summary()
-    st.refresh_lists()
-    st.model_file = str(path.resolve())
-    assert st.wait(300) and not st.error, st.error
-    assert st.energy_features == "dft"
+    save_reset_reopen(st, "h2-dft.npz", "energy_features", "dft", "predicted",
+                      then=lambda: st.result.summary() == paper.summary())
 
 
 def test_lambda_change_reuses_the_eigendecomposition(st, app_modules):
