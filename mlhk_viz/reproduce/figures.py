@@ -26,7 +26,7 @@ from ..datasets import Dataset
 from ..evaluation import KCAL_PER_HARTREE
 from ..models import MLHK, MLKS
 from ..progress import Progress, null_progress
-from .table2 import MOLECULES, TRAININGS
+from .table2 import MOLECULES, TRAININGS, check_training_cap
 
 #: which training set a figure uses when several exist with as many frames (the paper's choice first)
 PREFERENCE = {"benzene": ("300", "300+350", "300+400"), "ethane": ("300", "300+350", "300+400"),
@@ -39,8 +39,7 @@ def training_set(molecule: str, data_dir, md_dir, m: int | None = None):
     """``(training label, Dataset, indices)``: the training set with the most PBE frames (first ``m``)."""
     from ..reference.md_sets import load_partial
 
-    if m is not None and m < 2:
-        raise ValueError(f"{molecule}: m caps the training size and must be at least 2 frames, got {m}")
+    check_training_cap(m, molecule)
     # only the training sets: the test set is not needed here
     trains = {t: d for t, s in TRAININGS.items() if (d := load_partial(molecule, s, data_dir, md_dir)) is not None}
     if not trains:

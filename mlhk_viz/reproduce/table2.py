@@ -107,6 +107,12 @@ def power_law(ms, maes, last: int = 3, from_m: int = ESTIMATE_FROM_M) -> dict | 
     return {"a": float(np.exp(icpt)), "b": float(-slope), "points": int(len(x)), "mae_at_2000": at, "why_not": why_not}
 
 
+def check_training_cap(m: int | None, where: str) -> None:
+    """Refuse a training-size cap ``m`` below 2 frames (None: no cap), naming ``where`` it was given."""
+    if m is not None and m < 2:
+        raise ValueError(f"{where}: m caps the training size and must be at least 2 frames, got {m}")
+
+
 def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve: bool = True,
         params: dict | None = None, progress: Progress = null_progress, log=print,
         trainings=tuple(TRAININGS)) -> dict:
@@ -127,8 +133,7 @@ def run(out, data_dir, md_dir, m: int | None = None, molecules=MOLECULES, curve:
     wrong = [t for t in trainings if t not in TRAININGS]
     if wrong or not trainings:
         raise ValueError(f"table2: trainings must be among {', '.join(TRAININGS)}; got {', '.join(trainings) or 'none'}")
-    if m is not None and m < 2:
-        raise ValueError(f"table2: m caps the training size and must be at least 2 frames, got {m}")
+    check_training_cap(m, "table2")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
