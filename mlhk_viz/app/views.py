@@ -127,7 +127,9 @@ def controls(state) -> pn.Column:
     # fixed heights on the texts that change per update, so that nothing below them jumps (tall enough
     # for the table's wrapped rows: at 92 px the Save button covered its last row)
     chosen = pn.pane.HTML(pn.bind(_chosen_html, state.param.result, state.param.kind), css_classes=["hyper"],
-                          sizing_mode="stretch_width", height=124)
+                          sizing_mode="stretch_width", height=124,
+                          # a number split over two lines ("1e-" / "14") reads as two numbers
+                          stylesheets=[".hyper-table td.sigma, .hyper-table td.lam { white-space: nowrap; }"])
 
     def disable(*_):
         sig.disabled = state.sigma_auto or bool(state.loaded_path)
