@@ -396,9 +396,13 @@ def test_app_in_browser(browser, server):
     time.sleep(1.0)  # let the length reach the server before Run reads it
     page.locator(".w-md-run button").first.click()
     wait_status("ML-HK MD run 1: running", 120)
+    fs_shown = lambda: float(titles()[0].split(", ")[-1].split()[0])  # noqa: E731
+    t0 = time.time()
+    while fs_shown() == 0 and time.time() - t0 < 120:  # a first frame on screen before Stop (slow on a busy machine)
+        time.sleep(0.3)
     page.locator(".w-md-stop button").first.click()
     wait_status("ML-HK MD run 1: stopped", 60)
-    n_fs = float(titles()[0].split(", ")[-1].split()[0])
+    n_fs = fs_shown()
     time.sleep(2)
     assert 0 < n_fs < 3000 and titles()[0].endswith(f"{n_fs:.0f} fs)"), "no frames arrive after Stop"
     set_number(page, ".w-md-length", 20)
@@ -418,6 +422,26 @@ def test_app_in_browser(browser, server):
     wait_knobs(page2, m=8)
     wait_drawn(page2)
     assert int(knobs_on_page(page)["m"]) == 12 and page.locator(".w-m input").first.input_value() == "12"
+
+    # -- the second session switches to H2O (350 molecules): the molecule slider and box reach past H2's 149
+    from mlhk_viz.app import compute
+
+    h2o = compute.load_header(ROOT / "data" / "h2o.npz")
+    middle = int(h2o.test[len(h2o.test) // 2])
+    select = page2.locator(".w-dataset select").first
+    select.select_option(label=next(t for t in (o.inner_text() for o in select.locator("option").all()) if "h2o.npz" in t))
+    t0 = time.time()
+    while time.time() - t0 < 300 and not (page2.locator(".result-knobs").count()
+                                          and page2.locator(".result-knobs").first.get_attribute("data-dataset") == "h2o.npz"):
+        time.sleep(0.5)
+    assert page2.locator(".result-knobs").first.get_attribute("data-dataset") == "h2o.npz", "no fit on H2O"
+    assert middle > 149 and page2.locator(".w-molecule input").first.input_value() == str(middle)
+    set_number(page2, ".w-molecule", 300)
+    time.sleep(2.0)
+    assert page2.locator(".w-molecule input").first.input_value() == "300"
+    assert "outside" not in page2.locator(".status pre").first.inner_text()
+    page2.get_by_text("molecule 300 (").first.wait_for(timeout=LONG)  # the 3D view's caption follows
+    wait_drawn(page2)
     # after a tap selection or a tab switch Bokeh 3.9 logs "cannot find a view for Legend(...)" and "Cannot read
     # properties of undefined (reading '0')" (HoloViews updating a replaced plot view); everything else fails
     # and Panel's resize observer reports "reading 'getBoundingClientRect'" for panes replaced while the

@@ -630,3 +630,51 @@ def test_data_menu_offers_sets_with_densities_that_the_app_can_hold(app_modules,
     monkeypatch.setattr(cache.DATASETS, "budget", 20 * per_molecule)
     with pytest.raises(DatasetError, match=r"big.npz: 40 molecules need 0.0 GB of densities, more than .*mlhk-viz assemble"):
         compute.load_header(tmp_path / "big.npz")
+
+
+def test_switching_data_sets_moves_the_sliders_bounds(app_modules, tmp_path):
+    """Panel's editable sliders keep the hard bounds they were made with: switching from a 40-molecule set to
+    H2's 150 raised inside a watcher (its middle test molecule, 82, beyond the old end, 39) and the page stayed
+    on the old set. The sliders' bounds now follow the data set both ways."""
+    _, compute, _, state, views = app_modules
+    Dataset.load(H2).subset(np.arange(40)).save(tmp_path / "small.npz")
+    (tmp_path / "h2.npz").symlink_to(H2)
+    s = state.AppState(data_dir=tmp_path, model_dir=tmp_path / "models", dataset=tmp_path / "small.npz", curve=False)
+    try:
+        assert s.wait(300) and not s.error, s.error
+        boxes = {w.css_classes[0]: w for w in views.controls(s).select(views._ClampTyped)}
+        mol, m = boxes["w-molecule"], boxes["w-m"]
+        assert mol.fixed_end == 39
+
+        s.dataset = str(tmp_path / "h2.npz")
+        assert s.wait(300) and not s.error, s.error
+        entry = compute.load_header(s.dataset)
+        assert s.molecule == mol.value == int(entry.test[len(entry.test) // 2]) > 39
+        assert mol.fixed_end == mol._slider.end == 149
+        assert m.fixed_end == s.param.m.bounds[1] == min(compute.MAX_M, len(entry.pool))
+        mol._value_edit.value = 120  # inside H2's bounds: taken as typed
+        assert s.molecule == 120 and s.notice == ""
+
+        s.dataset = str(tmp_path / "small.npz")
+        assert s.wait(300) and not s.error, s.error
+        assert mol.fixed_end == 39 and s.molecule <= 39
+        mol._value_edit.value = 120
+        assert s.molecule == 39 and "120 is outside 0 … 39; using 39" in s.notice
+    finally:
+        s.close()
+
+
+def test_captions_ignore_the_previous_sets_result_while_the_new_fit_runs(st, app_modules):
+    """After a switch of data set the new set's 3D view arrives before its fit: the caption and the trajectory
+    readout must not index the old set's result with the new set's molecule (an IndexError for molecule 178 of
+    H2O against H2's 150 molecules)."""
+    import dataclasses
+
+    _, _, _, _, views = app_modules
+    vd, res = st.view_data, st.result
+    assert "molecule)" in views._mol_caption(vd, res)  # same set: the role and the bond length are shown
+    other = ("knobs", dataclasses.replace(vd.source[1], dataset=str(ROOT / "data" / "h2o.npz")))
+    beyond = dataclasses.replace(vd, source=other, molecule=dataclasses.replace(vd.molecule, index=178))
+    cap = views._mol_caption(beyond, res)
+    assert "molecule 178</span>;" in cap and "bond length" not in cap
+    assert views._of_set(res, str(H2)) is res and views._of_set(res, other[1].dataset) is None

@@ -11,6 +11,7 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+import param
 from ase.units import Bohr
 
 from ..datasets import write_cube
@@ -42,6 +43,8 @@ class _ClampTyped:
     on_clamp = None
     limits = None
 
+    # re-declared: an override without it is not called again when the bounds change (param drops the watch)
+    @param.depends("start", "end", "fixed_start", "fixed_end", watch=True)
     def _update_bounds(self):
         super()._update_bounds()
         # no low/high on the box: Bokeh's NumericInput would keep an out-of-range entry in the browser
@@ -74,6 +77,12 @@ def _clamped(cls, parameter, state, **kw):
     """``cls.from_param(parameter)`` clamping typed values to the parameter's bounds, told in ``state.notice``."""
     w = cls.from_param(parameter, **kw)
     w.limits = lambda: parameter.owner.param[parameter.name].bounds
+
+    def follow(event):  # Panel moves start/end with the parameter's bounds, but the hard ones stay as created:
+        lo, hi = event.new  # another data set's molecule 178 would then be refused by a slider that ends at 149
+        w.param.update(fixed_start=lo, fixed_end=hi)
+
+    parameter.owner.param.watch(follow, parameter.name, what="bounds")
     b = lambda x: "∞" if x is None else f"{x:g}"  # noqa: E731
     w.on_clamp = lambda typed, used, lo, hi: setattr(
         state, "notice", f"{kw['name']}: {typed:g} is outside {b(lo)} … {b(hi)}; using {used:g}")
@@ -247,11 +256,26 @@ def view3d(state, height=PANE_SIZE[1], width=PANE_SIZE[0]):
     return pn.Column(sc.view, cap, width=width), sc
 
 
+def _of_set(result, dataset):
+    """``result`` if it was fitted on ``dataset``, else None.
+
+    After a switch of data set the new set's first 3D view arrives before its fit (by design: the picture
+    first), so for a moment the result on screen is the old set's, indexed by the old set's molecules.
+    """
+    return result if result is not None and result.knobs.dataset == dataset else None
+
+
+def _source_dataset(source) -> str:
+    """The data set of a view's source: ``("knobs", FitKnobs)`` or ``("file", model path, data set)``."""
+    return source[1].dataset if source[0] == "knobs" else source[2]
+
+
 def _mol_caption(vd, result):
     if vd is None:
         return ""
     m = vd.molecule
     extra = ""
+    result = _of_set(result, _source_dataset(vd.source))
     if result is not None and not len(result.train) == 0:
         role = "training" if m.index in set(result.train.tolist()) else ("test" if m.index in set(result.test.tolist()) else "other")
         extra = f" ({role} molecule)"
@@ -505,7 +529,8 @@ def trajectory_plot(state):
                 color="black", size=7, marker="triangle"))
         return hv.Overlay(c)
 
-    def cursor(result, molecule):
+    def cursor(result, molecule, dataset):
+        result = _of_set(result, dataset)
         if result is None or not result.ordered or molecule not in set(result.traj.tolist()):
             return hv.VLine(0, kdims=["x", E_LABEL]).opts(alpha=0)
         x = float(result.traj_x[np.flatnonzero(result.traj == molecule)[0]])
@@ -522,14 +547,15 @@ def trajectory_plot(state):
             selection_alpha=0.05)
 
     base = hv.DynamicMap(pn.bind(curves, state.param.result))
-    cur = hv.DynamicMap(pn.bind(cursor, state.param.result, state.param.molecule))
+    cur = hv.DynamicMap(pn.bind(cursor, state.param.result, state.param.molecule, state.param.dataset))
     pick = hv.DynamicMap(pn.bind(frames, state.param.result)).opts(tools=["tap", "hover"])
     _select_from(state, pick, lambda r, i: r.traj[i])
     plot = (base * pick * cur).opts(hv.opts.Overlay(width=720, height=340, title="Energy along the trajectory (click a "
                                                                                 "frame to move the cursor)",
                                                     legend_position="right", framewise=True))  # outside: no frame hidden
 
-    def split(result, molecule):
+    def split(result, molecule, dataset):
+        result = _of_set(result, dataset)
         if result is None or not result.ordered:
             return ""
         hit = np.flatnonzero(result.traj == molecule)
@@ -544,8 +570,9 @@ def trajectory_plot(state):
                 f"ML-HK ΔE = <span class='traj-dE'>{dE:.3f}</span> = ΔE_F {dEF:.3f} + ΔE_D {dED:.3f} kcal/mol; "
                 f"ML-KS ΔE = {ks:.3f} kcal/mol</span>")
 
-    readout = pn.pane.HTML(split(state.result, state.molecule), width=620)  # updated in place, not replaced
-    state.param.watch(lambda *e: setattr(readout, "object", split(state.result, state.molecule)), ["result", "molecule"])
+    readout = pn.pane.HTML(split(state.result, state.molecule, state.dataset), width=620)  # updated in place, not replaced
+    state.param.watch(lambda *e: setattr(readout, "object", split(state.result, state.molecule, state.dataset)),
+                      ["result", "molecule", "dataset"])
     frame = pn.widgets.IntSlider.from_param(state.param.molecule, name="Molecule / frame", css_classes=["w-frame"],
                                             width=620)
     return pn.Column(pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["trajectory-plot"]),
