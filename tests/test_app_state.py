@@ -676,5 +676,10 @@ def test_captions_ignore_the_previous_sets_result_while_the_new_fit_runs(st, app
     other = ("knobs", dataclasses.replace(vd.source[1], dataset=str(ROOT / "data" / "h2o.npz")))
     beyond = dataclasses.replace(vd, source=other, molecule=dataclasses.replace(vd.molecule, index=178))
     cap = views._mol_caption(beyond, res)
-    assert "molecule 178</span>;" in cap and "bond length" not in cap
+    assert "molecule 178</span>" in cap and "molecule)" not in cap and "bond length" not in cap
     assert views._of_set(res, str(H2)) is res and views._of_set(res, other[1].dataset) is None
+    # a set without a physical x axis (H2O, MD frames): the caption does not repeat the index as "frame = 82.000"
+    _, compute, _, _, _ = app_modules
+    assert "bond length R (Å) = " in views._mol_caption(vd, res)
+    cap = views._mol_caption(vd, dataclasses.replace(res, x_label=compute.FRAME_LABEL))
+    assert "frame =" not in cap and ("(test molecule)" in cap or "(training molecule)" in cap)

@@ -123,6 +123,10 @@ def scan_models(*folders) -> dict[str, str]:
     return out
 
 
+#: the per-molecule x axis of a set without a physical one (a scan's bond length): the molecule's index
+FRAME_LABEL = "frame"
+
+
 @dataclass
 class DataHeader:
     """What the app derives from a data set without its densities: quick to load, safe on the event loop."""
@@ -191,7 +195,7 @@ def load_header(path) -> DataHeader:
                                "`mlhk-viz assemble` makes an app-sized MD set")
         ok = ds.converged
         roles = ds.meta.get("roles")
-        xl, xv = "frame", np.arange(len(ds), dtype=float)
+        xl, xv = FRAME_LABEL, np.arange(len(ds), dtype=float)
         if roles:  # an assembled MD set: its own test frames, pool and trace (reference.md_sets.assemble)
             test = np.array([i for i in roles["test"] if ok[i]], int)
             pool = np.array([i for i in roles["pool"] if ok[i]], int)

@@ -279,11 +279,14 @@ def _mol_caption(vd, result):
     if result is not None and not len(result.train) == 0:
         role = "training" if m.index in set(result.train.tolist()) else ("test" if m.index in set(result.test.tolist()) else "other")
         extra = f" ({role} molecule)"
-        if result.x_values is not None:
+        if result.x_values is not None and result.x_label != compute.FRAME_LABEL:  # not the index once more
             extra += f", {result.x_label} = {result.x_values[m.index]:.3f}"
-    return (f"<span class='mol-index'>molecule {m.index}</span>{extra}; electrons ML {m.electrons_pred:.4f} / DFT "
-            f"{m.electrons_dft:.4f}; ‖n_ML − n_DFT‖₂ = <span class='mol-l2'>{m.l2:.3g}</span>; GP variance "
-            f"{m.var:.2g}; lobes at ±{vd.diff_level:.2g} e/bohr³")
+    parts = [f"<span class='mol-index'>molecule {m.index}</span>{extra}",
+             f"electrons ML {m.electrons_pred:.4f} / DFT {m.electrons_dft:.4f}",
+             f"‖n_ML − n_DFT‖₂ = <span class='mol-l2'>{m.l2:.3g}</span>", f"GP variance {m.var:.2g}",
+             f"lobes at ±{vd.diff_level:.2g} e/bohr³"]
+    # lines break between the parts, never inside a number ("2.7e-" / "09")
+    return "; ".join(f"<span style='white-space: nowrap'>{p}</span>" for p in parts)
 
 
 # ------------------------------------------------------------------------------ slice
