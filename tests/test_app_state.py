@@ -655,9 +655,15 @@ def test_switching_data_sets_moves_the_sliders_bounds(app_modules, tmp_path):
         mol._value_edit.value = 120  # inside H2's bounds: taken as typed
         assert s.molecule == 120 and s.notice == ""
 
+        s.m = hi = s.param.m.bounds[1]
+        assert s.wait(300) and not s.error, s.error
         s.dataset = str(tmp_path / "small.npz")
         assert s.wait(300) and not s.error, s.error
         assert mol.fixed_end == 39 and s.molecule <= 39
+        pool = len(compute.load_header(s.dataset).pool)
+        assert s.m == m.value == m.fixed_end == pool < hi and len(s.result.train) == pool
+        # M went down with the set: the status line says so, and keeps saying it after the retrain
+        assert f"Training size M: {hi} is more than the {pool} training molecules of " in s.notice
         mol._value_edit.value = 120
         assert s.molecule == 39 and "120 is outside 0 … 39; using 39" in s.notice
     finally:

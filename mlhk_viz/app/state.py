@@ -293,6 +293,7 @@ class AppState(param.Parameterized):
     @param.depends("dataset", watch=True)
     def _dataset_watch(self):
         if not self._quiet:
+            self.notice = ""
             self._dataset_changed(start=True)
             self._fit_knobs_changed()
 
@@ -303,7 +304,10 @@ class AppState(param.Parameterized):
             self.param.molecule.bounds = (0, n - 1)
             self.param.m.bounds = (2, min(compute.MAX_M, pool))
             if self.m > pool:
-                self.m = min(self.m, pool)
+                if start:  # the user's M does not fit the new set: say so rather than change it silently
+                    self.notice = (f"Training size M: {self.m} is more than the {pool} training molecules of "
+                                   f"{entry.name}; using {pool}")
+                self.m = pool
             self.molecule = int(entry.test[len(entry.test) // 2])
             ax = entry.axes[entry.normal]
             self.param.slice_pos.bounds = (float(ax[0]), float(ax[-1]))
@@ -320,7 +324,7 @@ class AppState(param.Parameterized):
             self.curve = []
             self.request_curve()
 
-    @param.depends(*FIT_KNOBS, *VIEW_KNOBS, watch=True)
+    @param.depends(*[k for k in FIT_KNOBS if k != "dataset"], *VIEW_KNOBS, watch=True)  # a new set: _dataset_watch
     def _clear_notice(self):
         if not self._quiet:  # the user's changes, not the sliders following CV or a data set
             self.notice = ""
