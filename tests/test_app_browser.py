@@ -226,6 +226,10 @@ TITLES_JS = """
 """
 
 
+KNOWN_PAGE_ERRORS = ("cannot find a view for Legend", "Cannot read properties of undefined (reading '0')",
+                     "Cannot read properties of undefined (reading 'getBoundingClientRect')")
+
+
 def test_app_in_browser(browser, server):
     from mlhk_viz import evaluation
     from mlhk_viz.datasets import Dataset, read_cube
@@ -446,10 +450,63 @@ def test_app_in_browser(browser, server):
     # properties of undefined (reading '0')" (HoloViews updating a replaced plot view); everything else fails
     # and Panel's resize observer reports "reading 'getBoundingClientRect'" for panes replaced while the
     # MD run starts (the same family: a view replaced under a pending layout)
-    known = ("cannot find a view for Legend", "Cannot read properties of undefined (reading '0')",
-             "Cannot read properties of undefined (reading 'getBoundingClientRect')")
-    unexpected = [e for e in errors + errors2 if not e.startswith(known)]
+    unexpected = [e for e in errors + errors2 if not e.startswith(KNOWN_PAGE_ERRORS)]
     assert not unexpected, unexpected
     ctx2.close()
     ctx.close()
     assert "Traceback" not in server["log"].read_text()
+
+
+def test_view_controls_and_a_saved_model_in_browser(browser, server):
+    """The 3D view's and the slice's controls redraw what they say; with ML-KS chosen, Save writes the ML-KS
+    model, and opening it from the model menu shows it with the knobs locked; then back to training."""
+    from mlhk_viz.models import MLKS, load_model
+
+    ctx, page, errors = open_page(browser, server)
+    img = wait_drawn(page)
+    page.locator(".w-layout").get_by_text("overlay", exact=True).click()
+    img = wait_changed(page, img)
+    page.locator(".w-show").get_by_text("DFT", exact=True).click()  # the DFT surface off
+    img = wait_changed(page, img)
+    page.locator(".w-unc input").first.check()  # the predicted surface coloured by the GP's standard deviation
+    img = wait_changed(page, img)
+    page.locator(".w-slice-field").get_by_text("difference", exact=True).click()
+    t0 = time.time()
+    while not any(t.startswith("difference,") for t in page.evaluate(TITLES_JS)) and time.time() - t0 < 60:
+        time.sleep(0.5)
+    assert any(t.startswith("difference,") for t in page.evaluate(TITLES_JS)), page.evaluate(TITLES_JS)
+
+    # -- ML-KS chosen: Save writes the ML-KS model with the σ, λ the page shows
+    page.locator(".w-kind").get_by_text("ML-KS", exact=True).click()
+    knobs = knobs_on_page(page)
+    page.locator(".w-save button").first.click()
+    status = page.locator(".status pre").first
+    t0 = time.time()
+    while "saved " not in status.inner_text() and time.time() - t0 < 60:
+        time.sleep(0.5)
+    saved = Path(status.inner_text().split("saved ", 1)[1].split()[0])
+    model = load_model(saved)
+    assert isinstance(model, MLKS) and saved.parent == server["tmp"] / "models"
+    assert model.model_.sigma_[0] == pytest.approx(float(knobs["ks-sigma"]), rel=1e-12)
+    assert model.model_.lam_[0] == pytest.approx(float(knobs["ks-lam"]), rel=1e-12)
+
+    # -- open it from the model menu: the page says so and the σ, λ knobs are locked; "(none)" trains again
+    menu = page.locator(".w-model-file select").first
+    menu.select_option(label=next(t for t in (o.inner_text() for o in menu.locator("option").all()) if saved.name in t))
+    t0 = time.time()
+    while not status.inner_text().startswith(f"model file {saved.name}") and time.time() - t0 < LONG / 1000:
+        time.sleep(0.5)
+    assert status.inner_text().startswith(f"model file {saved.name}"), status.inner_text()
+    assert page.locator(".w-sigma input").first.is_disabled() and page.locator(".w-lam input").first.is_disabled()
+    page.locator(".energies-only").first.wait_for(timeout=LONG)  # ML-KS has no density: the DFT one is drawn
+    wait_drawn(page)
+    assert float(knobs_on_page(page)["ks-sigma"]) == pytest.approx(model.model_.sigma_[0], rel=1e-12)
+    menu.select_option(label="(none: train with the knobs)")
+    t0 = time.time()
+    while not status.inner_text().startswith("H2, M = ") and time.time() - t0 < LONG / 1000:
+        time.sleep(0.5)
+    assert status.inner_text().startswith("H2, M = "), status.inner_text()
+    wait_drawn(page)
+    page.screenshot(path=str(server["tmp"] / "view-controls.png"), full_page=True)
+    assert not [e for e in errors if not e.startswith(KNOWN_PAGE_ERRORS)], errors
+    ctx.close()

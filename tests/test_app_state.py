@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import panel as pn
 import pytest
 
 from mlhk_viz import evaluation
@@ -255,6 +256,24 @@ def test_save_model_round_trip(st, tmp_path, app_modules):
     st.save(p2)
     assert st.wait(300, jobs=("save",)) and not st.error, st.error
     np.testing.assert_allclose(load_model(p2).predict(ds.positions[r.test]), r.E_ks[r.test], rtol=0, atol=1e-6)
+    # ... and opening it shows its energies and the DFT density alone (it has no density to predict); this
+    # was a "view: ValueError" in the status line
+    views = app_modules[4]
+    st.model_file = str(p2)
+    assert st.wait(300) and not st.error, st.error
+    np.testing.assert_allclose(st.result.E_ks[r.test], r.E_ks[r.test], rtol=0, atol=1e-6)
+    mol = st.view_data.molecule
+    assert mol.pred is None and mol.diff is None
+    np.testing.assert_allclose(mol.dft, compute.dft_grid(compute.load_entry(str(H2)), mol.index))
+    assert {k for k in st.view_data.meshes if not k.startswith(("_", "atoms"))} == {"dft"}
+    assert "predicts energies only" in views._mol_caption(st.view_data, st.result)
+    st.uncertainty, st.slice_field = True, "difference"  # nothing to colour or subtract: still the DFT surface
+    assert st.wait(300) and not st.error, st.error
+    assert {k for k in st.view_data.meshes if not k.startswith(("_", "atoms"))} == {"dft"}
+    assert views._cube(st, "pred").getvalue() == b"" and views._cube(st, "dft").getvalue()
+    buttons = {w.css_classes[0]: w for w in views.export_panel(st).select(pn.widgets.FileDownload)}
+    assert buttons["w-cube-pred"].disabled and buttons["w-cube-diff"].disabled and not buttons["w-cube-dft"].disabled
+    views.slice_view(st).get_root()  # the slice falls back to the DFT density
 
 
 def test_cube_export_reads_back(st, tmp_path, app_modules):

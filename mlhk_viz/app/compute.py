@@ -553,15 +553,19 @@ def spread_grid(entry: DataEntry, train: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Molecule:
-    """One molecule's densities on the fine view grid (e/bohr³, float32) and its atoms (bohr)."""
+    """One molecule's densities on the fine view grid (e/bohr³, float32) and its atoms (bohr).
+
+    ``pred`` and ``diff`` are None for a model without densities (an ML-KS model file); its ``var``,
+    ``electrons_pred`` and ``l2`` are then NaN.
+    """
 
     index: int
     axes: tuple
     numbers: np.ndarray
     atoms_bohr: np.ndarray
-    pred: np.ndarray
+    pred: np.ndarray | None
     dft: np.ndarray
-    diff: np.ndarray
+    diff: np.ndarray | None
     var: float
     electrons_pred: float
     electrons_dft: float

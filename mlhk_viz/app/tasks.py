@@ -47,7 +47,9 @@ def view(progress, source, i, iso, diff_frac, show, layout, uncertainty):
         return got
     mol = _molecule(progress, source, i)
     progress(0, 1, "surfaces")
-    dmax = float(np.abs(mol.diff).max())
+    if mol.pred is None:  # an ML-KS model file: energies only, so the DFT surface alone
+        show, uncertainty = ["DFT"], False
+    dmax = float(np.abs(mol.diff).max()) if mol.diff is not None else 0.0
     level = max(diff_frac * dmax, 1e-12)
     std = mol.std if uncertainty else None
     meshes = scene.build_meshes(mol, iso, level, show, layout, std)
@@ -153,8 +155,13 @@ def loaded_molecule(path, dataset, i, progress):
         return got
     model = _loaded(path)
     entry = compute.load_entry(dataset, progress)
-    if not isinstance(model, MLHK):
-        raise ValueError("an ML-KS model predicts energies only: open an ML-HK model to see densities")
+    if not isinstance(model, MLHK):  # ML-KS predicts energies only: the molecule's DFT density, no prediction
+        dft = compute.dft_grid(entry, i)
+        b = entry.ds.basis
+        mol = compute.Molecule(int(i), entry.axes, entry.ds.numbers, entry.ds.positions[i] / Bohr, None, dft, None,
+                               float("nan"), float("nan"), float(b.electron_count(entry.U[i])), float("nan"),
+                               entry.normal, dataset, entry.pool)
+        return cache.GRIDS.put(key, mol)
     pos = entry.ds.positions[i:i + 1]
     c = model.predict_coefficients(pos)[0]
     b = entry.ds.basis

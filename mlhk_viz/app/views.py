@@ -281,6 +281,11 @@ def _mol_caption(vd, result):
         extra = f" ({role} molecule)"
         if result.x_values is not None and result.x_label != compute.FRAME_LABEL:  # not the index once more
             extra += f", {result.x_label} = {result.x_values[m.index]:.3f}"
+    if m.pred is None:
+        parts = [f"<span class='mol-index'>molecule {m.index}</span>{extra}",
+                 "<span class='energies-only'>an ML-KS model predicts energies only: the DFT density is shown</span>",
+                 f"electrons DFT {m.electrons_dft:.4f}"]
+        return "; ".join(f"<span style='white-space: nowrap'>{p}</span>" for p in parts)
     parts = [f"<span class='mol-index'>molecule {m.index}</span>{extra}",
              f"electrons ML {m.electrons_pred:.4f} / DFT {m.electrons_dft:.4f}",
              f"‖n_ML − n_DFT‖₂ = <span class='mol-l2'>{m.l2:.3g}</span>", f"GP variance {m.var:.2g}",
@@ -307,6 +312,8 @@ def slice_view(state):
         a, b = [d for d in range(3) if d != n]
         ax = m.axes[n]
         k = int(np.argmin(np.abs(ax - slice_pos)))
+        if m.pred is None:  # an ML-KS model file: no predicted density, so no difference or uncertainty either
+            slice_field = "DFT"
         f = {"predicted": m.pred, "DFT": m.dft, "difference": m.diff, "uncertainty": m.std}[slice_field]
         plane = np.take(f, k, axis=n)  # (len a, len b)
         xs, ys = m.axes[a], m.axes[b]
@@ -632,6 +639,8 @@ def _cube(state, which):
         return io.BytesIO(b"")
     m = vd.molecule
     field = {"pred": m.pred, "dft": m.dft, "diff": m.diff}[which]
+    if field is None:  # no density from an ML-KS model file (its buttons are disabled)
+        return io.BytesIO(b"")
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "x.cube"
         write_cube(p, field.astype(float), m.axes, m.numbers, m.atoms_bohr * Bohr,
@@ -656,6 +665,7 @@ def export_panel(state):
         if vd is not None:
             for w, it in zip(("pred", "dft", "diff"), items):
                 it.filename = f"molecule{vd.molecule.index}-{w}.cube"
+                it.disabled = w != "dft" and vd.molecule.pred is None  # an ML-KS model file has no density
 
     state.param.watch(name, ["view_data"])
     name()
