@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import panel as pn
 import pytest
 
@@ -708,3 +709,30 @@ def test_captions_ignore_the_previous_sets_result_while_the_new_fit_runs(st, app
     assert "bond length R (Å) = " in views._mol_caption(vd, res)
     cap = views._mol_caption(vd, dataclasses.replace(res, x_label=compute.FRAME_LABEL))
     assert "frame =" not in cap and ("(test molecule)" in cap or "(training molecule)" in cap)
+
+
+def test_csv_exports_read_back_and_agree_with_each_other(st, app_modules):
+    """The Export tab's tables: per-molecule errors that add up (ΔE = ΔE_F + ΔE_D, ΔE = E_ML − E_DFT), H2's
+    bond lengths from the geometries, and a summary whose MAE and max are those of the per-molecule rows."""
+    import io
+
+    from mlhk_viz.evaluation import KCAL_PER_HARTREE
+
+    views = app_modules[4]
+    r = st.result
+    per = pd.read_csv(io.StringIO(views._csv(views.per_molecule_frame, st).getvalue()))
+    summ = pd.read_csv(io.StringIO(views._csv(views.summary_frame, st).getvalue())).set_index("quantity")
+    np.testing.assert_array_equal(per["molecule"], r.test)
+    ds = Dataset.load(H2)
+    np.testing.assert_allclose(per["bond length R (Å)"], np.linalg.norm(ds.positions[r.test, 1] - ds.positions[r.test, 0], axis=1),
+                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(per["E_DFT (Ha)"], ds.energies[r.test], rtol=0, atol=1e-12)
+    dE = per["dE_MLHK (kcal/mol)"]
+    np.testing.assert_allclose(dE, (per["E_MLHK (Ha)"] - per["E_DFT (Ha)"]) * KCAL_PER_HARTREE, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(dE, per["dE_F (kcal/mol)"] + per["dE_D (kcal/mol)"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(per["dE_MLKS (kcal/mol)"], (per["E_MLKS (Ha)"] - per["E_DFT (Ha)"]) * KCAL_PER_HARTREE,
+                               rtol=0, atol=1e-9)
+    for label, col in (("ML-HK ΔE", "dE_MLHK (kcal/mol)"), ("ML-HK ΔE_D", "dE_D (kcal/mol)"),
+                       ("ML-HK ΔE_F", "dE_F (kcal/mol)"), ("ML-KS ΔE", "dE_MLKS (kcal/mol)")):
+        assert summ.loc[label, "MAE"] == pytest.approx(per[col].abs().mean(), rel=1e-9), label
+        assert summ.loc[label, "max"] == pytest.approx(per[col].abs().max(), rel=1e-9), label
