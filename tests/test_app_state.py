@@ -736,3 +736,24 @@ def test_csv_exports_read_back_and_agree_with_each_other(st, app_modules):
                        ("ML-HK ΔE_F", "dE_F (kcal/mol)"), ("ML-KS ΔE", "dE_MLKS (kcal/mol)")):
         assert summ.loc[label, "MAE"] == pytest.approx(per[col].abs().mean(), rel=1e-9), label
         assert summ.loc[label, "max"] == pytest.approx(per[col].abs().max(), rel=1e-9), label
+
+
+def test_saves_in_quick_succession_each_write_their_own_file(st, app_modules, monkeypatch):
+    """Two clicks of Save (ML-HK, then ML-KS before the first finished; or two sessions in the same second)
+    both write a model file: the second used to cancel the first, and equal names overwrote each other."""
+    _, _, _, state, _ = app_modules
+    monkeypatch.setattr(state.time, "strftime", lambda fmt: "20260101-000000")  # both saves in the same second
+    st.save()
+    st.kind = "ML-KS"
+    st.save()
+    assert st.wait(300, jobs=("save",)) and not st.error, st.error
+    files = sorted(st.model_dir.glob("*.npz"))
+    assert [f.name for f in files] == ["H2-MLHK-M10-20260101-000000.npz", "H2-MLKS-M10-20260101-000000.npz"]
+    assert [type(load_model(f)).__name__ for f in files] == ["MLHK", "MLKS"]
+    st.save()
+    st.save()  # same kind, knobs and second: a second name, not the same file twice
+    assert st.wait(300, jobs=("save",)) and not st.error, st.error
+    names = sorted(f.name for f in st.model_dir.glob("H2-MLKS-*.npz"))
+    assert names == ["H2-MLKS-M10-20260101-000000-2.npz", "H2-MLKS-M10-20260101-000000-3.npz",
+                     "H2-MLKS-M10-20260101-000000.npz"]
+    assert all(load_model(st.model_dir / n) for n in names) and st.saved_path.endswith(("-2.npz", "-3.npz"))

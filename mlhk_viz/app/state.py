@@ -2,16 +2,18 @@
 
 A knob change submits work to the shared Dask client (:mod:`mlhk_viz.app.engine`): "fit" (both
 models and every number the error plots show), "view" (the chosen molecule's densities and
-iso-surfaces), "curve" (learning curve, one training size at a time, low priority) and "save".
-A newer request of the same kind replaces the older one (cancelled if not started, stopped at
-its next stage if running), and a result is applied only if it matches the knobs at that
-moment. No browser is needed: ``AppState(...).wait()`` blocks until the work is applied, which
+iso-surfaces), "curve" (learning curve, one training size at a time, low priority) and one
+"save-N" per click of Save. A newer request of the same kind replaces the older one (cancelled if
+not started, stopped at its next stage if running; saves excepted: each writes its own file), and a
+result is applied only if it matches the knobs at that moment. No browser is needed: ``AppState(...).wait()`` blocks until the work is applied, which
 is how the tests and the benchmark drive it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import threading
 import time
 import uuid
@@ -42,6 +44,23 @@ BACKGROUND = frozenset({"curve", "md"})
 #: seconds of a busy spell before progress is shown, and between two progress messages
 PROGRESS_DELAY = 0.25
 
+
+
+def _reserve(folder: Path, stem: str) -> Path:
+    """A new file ``folder/stem.npz`` (or ``stem-2.npz``, ...), created empty so that no other save takes it.
+
+    Two sessions saving the same data set, kind and M in the same second got the same name, and the later
+    file replaced the earlier one.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        p = folder / (f"{stem}.npz" if n == 1 else f"{stem}-{n}.npz")
+        try:
+            os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return p
+        except FileExistsError:
+            continue
 
 class AppState(param.Parameterized):
     """Knobs (what a person sets) and results (what the views draw) of one session."""
@@ -111,7 +130,8 @@ class AppState(param.Parameterized):
         self._pending: set = set()
         self._want_curve = curve
         self._hyper = {k: dict(sigma_auto=True, log_sigma=0.0, lam_auto=True, log_lam=-8.0) for k in (HK, KS)}
-        self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "save", "prefetch", "md")}
+        self.jobs = {n: engine.Job(self.session, n, self._dispatch) for n in ("fit", "view", "curve", "prefetch", "md")}
+        self._saves = 0
         self.timings: dict = {}
         super().__init__(**params)
         self.param.watch(self._m_moved, "m")
@@ -172,11 +192,11 @@ class AppState(param.Parameterized):
         engine.sink(self.session, "md", None)
 
     def wait(self, timeout: float = 300.0, jobs=("fit", "view")) -> bool:
-        """Block until the named jobs have been applied (or failed); True if they were."""
+        """Block until the named jobs have been applied (or failed); True if they were ("save": every save)."""
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < timeout:
             with self._lock:
-                if not (self._pending & set(jobs)):
+                if not any(p in jobs or p.split("-")[0] in jobs for p in self._pending):
                     return True
             time.sleep(0.005)
         return False
@@ -450,11 +470,25 @@ class AppState(param.Parameterized):
         if path is None:
             name = compute.load_header(k.dataset).name
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = self.model_dir / f"{name}-{self.kind.replace('-', '')}-M{k.m}-{stamp}.npz"
+            path = _reserve(self.model_dir, f"{name}-{self.kind.replace('-', '')}-M{k.m}-{stamp}")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._start("save")
-        self.jobs["save"].submit(tasks.save_model, k, self.kind, str(path), on_done=self._apply_save,
-                                 on_error=self._on_error("save"))
+        # every click writes its own file: a save is never cancelled by the next one (unlike a refit)
+        self._saves += 1
+        job = f"save-{self._saves}"
+        self.jobs[job] = engine.Job(self.session, job, self._dispatch)
+        self._start(job)
+
+        def done(out):
+            self.jobs.pop(job, None)
+            self._apply_save(out, job)
+
+        def failed(exc):
+            self.jobs.pop(job, None)
+            if Path(path).is_file() and Path(path).stat().st_size == 0:  # the reserved name, never written
+                Path(path).unlink()
+            self._on_error(job)(exc)
+
+        self.jobs[job].submit(tasks.save_model, k, self.kind, str(path), on_done=done, on_error=failed)
 
     md_duration_fs = param.Integer(default=200, bounds=(10, 5000), doc="Length of an ML-HK MD run, fs")
     md_temperature_K = param.Integer(default=300, bounds=(1, 2000), doc="Temperature of an ML-HK MD run, K")
@@ -550,8 +584,8 @@ class AppState(param.Parameterized):
         self.view_data = vd
         self._finish("view")
 
-    def _apply_save(self, path):
-        self._finish("save")
+    def _apply_save(self, path, job):
+        self._finish(job)
         self.refresh_lists()
         p = str(Path(path).resolve())
         if p not in self.param.model_file.objects:
