@@ -9,14 +9,17 @@ from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 REPRODUCIBLE = ("table1", "table2", "fig2", "fig3a", "fig3b")
+#: a cube file holds points^3 values as text (13 characters each): 300 points per axis is 0.35 GB
+MAX_CUBE_POINTS = 300
 #: the paper's protocol; other values are recorded with the results (kept here, not imported, so that
 #: ``mlhk-viz --help`` starts without numpy; tests check them against ``mlhk_viz.models``)
 DEFAULT_PROTOCOL = {"cv_rule": "min", "energy_features": "predicted"}
 ENERGY_FEATURES = ("predicted", "loo", "dft")
 
 
-def _at_least(low: int):
-    """An argparse type: an integer >= ``low`` (a count, a size, an index), refused with the value it got."""
+def _at_least(low: int, high: int | None = None, why: str = ""):
+    """An argparse type: an integer >= ``low`` (a count, a size, an index), and <= ``high`` if given
+    (``why`` says what the cap protects), refused with the value it got."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -24,6 +27,8 @@ def _at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}{why}, got {value}")
         return value
     return parse
 
@@ -163,7 +168,14 @@ def _cmd_reproduce(args) -> int:
 
 def _cmd_info(args) -> int:
     from .datasets import Dataset
+    from .reference.generate import unfinished
 
+    partial = [] if Path(args.path).is_file() else unfinished(args.path)
+    for u in partial:  # a set still being generated: say how far it got instead of "no such file"
+        print(f"{u['name']}: not finished: {u['done']} of {u['n']} geometries computed ({u['chunks']} chunks in "
+              f"{u['folder']}); the `mlhk-viz generate` command that started it continues it")
+    if partial:
+        return 0
     ds = Dataset.load(args.path)
     m = ds.meta
     print(f"{ds.name}: {len(ds)} molecules of {ds.n_atoms} atoms ({ds.n_electrons} valence electrons)")
@@ -186,9 +198,10 @@ def _cmd_cube(args) -> int:
     c = ds.coefficients(rows=[args.index])[0]
     b = ds.basis
     ax = b.grid_axis(args.points)
-    write_cube(args.out, b.to_grid(c, args.points), (ax, ax, ax), ds.numbers, ds.positions[args.index])
+    rho = b.to_grid(c, args.points)
+    write_cube(args.out, rho, (ax, ax, ax), ds.numbers, ds.positions[args.index])
     print(f"wrote {args.out}: DFT density of molecule {args.index}, {args.points}^3 grid, "
-          f"{float(np.sum(b.to_grid(c, args.points)) * (b.box / args.points) ** 3):.6f} electrons")
+          f"{float(np.sum(rho) * (b.box / args.points) ** 3):.6f} electrons")
     return 0
 
 
@@ -257,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dataset")
     c.add_argument("index", type=_at_least(0))
     c.add_argument("out")
-    c.add_argument("--points", type=_at_least(2), default=80, help="grid points per axis")
+    c.add_argument("--points", type=_at_least(2, MAX_CUBE_POINTS, f" ({MAX_CUBE_POINTS}^3 values make a 0.35 GB text file)"),
+                   default=80, help=f"grid points per axis (2 to {MAX_CUBE_POINTS})")
     c.set_defaults(func=_cmd_cube)
     return p
 

@@ -78,7 +78,7 @@ def test_interrupted_generation_resumes_without_redoing(tmp_path, cluster, monke
 
 
 @pytest.mark.slow
-def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path, cluster, chunk_sizes):
+def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path, cluster, chunk_sizes, capsys):
     numbers, pos = h2(5)
     out = tmp_path / "h2five.npz"
     n_calls = chunk_sizes
@@ -89,11 +89,19 @@ def test_limit_computes_a_prefix_and_a_finished_file_is_not_recomputed(tmp_path,
     parts = gen.parts_dir(out, numbers, pos, gen.DEFAULT_METHOD)
     bounds = sorted(load_npz(f, kind=gen.CHUNK_FORMAT)[1]["bounds"] for f in parts.glob("chunk-*.npz"))
     assert bounds == [[0, 2], [2, 4]]
+    # how far it got, for `mlhk-viz info` on the set's file (not there yet) or on its parts folder
+    (u,) = gen.unfinished(out)
+    assert (u["name"], u["n"], u["done"], u["chunks"], u["folder"]) == ("H2", 5, 4, 2, parts)
+    assert gen.unfinished(parts) == [u]
+    from mlhk_viz.cli import main
+    assert main(["info", str(out)]) == 0
+    assert f"H2: not finished: 4 of 5 geometries computed (2 chunks in {parts})" in capsys.readouterr().out
     with pytest.raises(ValueError, match="limit"):
         gen.generate("H2", out, numbers, pos, limit=0, **kw)
     ds = gen.generate("H2", out, numbers, pos, **kw)
     assert sorted(n_calls()) == [1, 2, 2], "only the last chunk is computed"
     assert len(ds) == 5 and out.exists()
+    assert gen.unfinished(out) == []
     again = gen.generate("H2", out, numbers, pos, **kw)
     assert sorted(n_calls()) == [1, 2, 2], "a complete file is returned, not recomputed"
     np.testing.assert_array_equal(again.energies, ds.energies)

@@ -41,7 +41,9 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
             (["reproduce", "fig2", "--m", "two"], "argument --m: 'two' is not a whole number"),
             (["generate", "pbe", "ethane", "test", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
             (["generate", "md", "ethane", "--temperature=-3"], "argument --temperature: must be a positive finite number"),
-            (["cube", str(bad), "-1", str(tmp_path / "c.cube")], "argument index: must be at least 0, got -1")):
+            (["cube", str(bad), "-1", str(tmp_path / "c.cube")], "argument index: must be at least 0, got -1"),
+            (["cube", str(bad), "0", str(tmp_path / "c.cube"), "--points", "100000"],
+             "argument --points: must be at most 300 (300^3 values make a 0.35 GB text file), got 100000")):
         with pytest.raises(SystemExit) as exc:
             main(args + (["--out", str(tmp_path / "o")] if args[0] == "reproduce" else []))
         err = capsys.readouterr().err
@@ -61,6 +63,10 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(tmp_path / "gone.npz")]) == 2
     err = capsys.readouterr().err
     assert "--extra" in err and "gone.npz: no such file" in err and not (tmp_path / "o").exists()
+    # frames of another molecule: the atoms as plain numbers (not "np.int64(1)")
+    assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(h2)]) == 1
+    assert "atoms [1, 1] are not malonaldehyde's [8, 6, 6, 6, 8, 1, 1, 1, 1] in" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     there = tmp_path / "there.npz"
     there.write_bytes(b"x")
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(there), str(tmp_path / "gone2.npz")]) == 2

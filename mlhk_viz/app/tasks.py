@@ -111,8 +111,8 @@ def loaded_fit(progress, path, dataset):
     entry = compute.load_entry(dataset, progress)
     ds = entry.ds
     if not np.array_equal(np.asarray(model.numbers_), ds.numbers):
-        raise ValueError(f"{Path(path).name} was fitted on atoms {list(model.numbers_)}, "
-                         f"the data set {ds.name} has {list(ds.numbers)}")
+        raise ValueError(f"{Path(path).name} was fitted on atoms {np.asarray(model.numbers_).tolist()}, "
+                         f"the data set {ds.name} has {np.asarray(ds.numbers).tolist()}")
     progress(1, 2, "predict")
     n = len(ds)
     nan = np.full(n, np.nan)

@@ -134,6 +134,30 @@ def _folder_matches(folder: Path, numbers, positions, method) -> bool:
             and _same_geometries(numbers, positions, arrays.get("numbers"), arrays.get("positions")))
 
 
+def unfinished(path) -> list[dict]:
+    """What generation of ``path`` (a set's ``.npz``, or one of its ``.parts-*`` folders) has finished so far.
+
+    One dict per parts folder: ``folder``, ``name``, ``n`` (geometries in the set), ``done`` (geometries
+    in finished chunks), ``chunks``. Empty if there is no parts folder (a finished set or nothing).
+    """
+    path = Path(path)
+    if path.is_dir() and ".npz.parts-" in path.name:
+        folders = [path]
+    else:
+        folders = sorted(f for f in path.parent.glob(f"{path.name}.parts-*") if f.is_dir())
+    out = []
+    for folder in folders:
+        try:
+            info = json.loads((folder / "manifest.json").read_text())
+            n, size = int(info["n"]), int(info["chunk_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        chunks = sorted(int(f.stem.split("-")[1]) for f in folder.glob("chunk-*.npz"))
+        done = sum(min((i + 1) * size, n) - i * size for i in chunks)
+        out.append({"folder": folder, "name": info.get("name", folder.name), "n": n, "done": done, "chunks": len(chunks)})
+    return out
+
+
 def parts_dir(out, numbers, positions, method) -> Path:
     """The parts folder of ``out`` for these geometries ``(n, n_atoms, 3)`` Å and method.
 

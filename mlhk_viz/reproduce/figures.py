@@ -72,8 +72,8 @@ def fit_models(molecule, data_dir, md_dir, m=None, kinds=("mlhk", "mlks"), relab
     method = lambda d: {k: v for k, v in d.meta.get("method", {}).items() if k != "pyscf_version"}  # noqa: E731
     for e in extras:
         if not np.array_equal(np.asarray(e.numbers), np.asarray(ds.numbers)):
-            raise ValueError(f"extra frames {e.name!r}: atoms {list(e.numbers)} are not {molecule}'s "
-                             f"{list(ds.numbers)} in the training set's order")
+            raise ValueError(f"extra frames {e.name!r}: atoms {np.asarray(e.numbers).tolist()} are not {molecule}'s "
+                             f"{np.asarray(ds.numbers).tolist()} in the training set's order")
         if method(e) != method(ds):
             raise ValueError(f"extra frames {e.name!r}: method {method(e)} differs from the training "
                              f"set's {method(ds)}; their energies are not on one scale")
@@ -268,11 +268,11 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
             **({"extra_sha256": sha[0] if len(sha) == 1 else sha} if sha else {})}
     if saved is not None and not overwrite:  # refuse early what the options alone tell apart
         _refuse_other_run(traj_path, key_differences(saved, plan, only=set(plan) | {"extra_sha256", "energy_features"}))
-    out.mkdir(parents=True, exist_ok=True)
     mol = molecule
     models = fit_models(mol, data_dir, md_dir, m, kinds=("mlhk",), params=params,
                         extra=[Dataset.load(e) for e in extras], progress=progress)
     model = models["mlhk"]
+    out.mkdir(parents=True, exist_ok=True)  # after the checks of the extra frames: bad input leaves no folder
     start = load_trajectory(Path(md_dir) / f"{mol}-test-300K.npz")
     numbers = start["numbers"]
     key = {"molecule": mol, "training": models["training"], "M": models["M"], "duration_fs": duration_fs,
