@@ -757,3 +757,31 @@ def test_saves_in_quick_succession_each_write_their_own_file(st, app_modules, mo
     assert names == ["H2-MLKS-M10-20260101-000000-2.npz", "H2-MLKS-M10-20260101-000000-3.npz",
                      "H2-MLKS-M10-20260101-000000.npz"]
     assert all(load_model(st.model_dir / n) for n in names) and st.saved_path.endswith(("-2.npz", "-3.npz"))
+
+
+def test_opening_a_model_of_other_atoms_switches_to_a_set_of_its_atoms(app_modules, tmp_path):
+    """A model file does not name its data set: one fitted on H2O, opened while H2 is shown, opens H2O and says
+    so (before, it was an error, and switching the set afterwards unloaded the model again)."""
+    _, compute, _, state, _ = app_modules
+    (tmp_path / "data").mkdir()
+    for name in ("h2.npz", "h2o.npz"):
+        (tmp_path / "data" / name).symlink_to(ROOT / "data" / name)
+    s = state.AppState(data_dir=tmp_path / "data", model_dir=tmp_path / "models",
+                       dataset=str(tmp_path / "data" / "h2o.npz"), curve=False)
+    try:
+        assert s.wait(300) and not s.error, s.error
+        path = tmp_path / "models" / "water.npz"
+        s.save(path)
+        assert s.wait(300, jobs=("save",)) and not s.error, s.error
+        want = s.result.E_hk[s.result.test]
+        s.dataset = str(tmp_path / "data" / "h2.npz")
+        assert s.wait(300) and not s.error, s.error
+        s.refresh_lists()
+        s.model_file = str(path.resolve())
+        assert s.wait(300) and not s.error, s.error
+        assert Path(s.dataset).name == "h2o.npz" and s.loaded_path == str(path.resolve())
+        assert "water.npz was fitted on other atoms than H2's: opened H2O (h2o.npz)" in s.notice
+        np.testing.assert_allclose(s.result.E_hk[s.result.test], want, rtol=0, atol=1e-6)
+        assert s.param.molecule.bounds == (0, len(compute.load_header(s.dataset).ds) - 1)
+    finally:
+        s.close()

@@ -358,8 +358,35 @@ class AppState(param.Parameterized):
     def _model_file_changed(self):
         if self._quiet:
             return
+        if self.model_file:
+            self._open_a_set_of_its_atoms(self.model_file)
         self.loaded_path = self.model_file or ""
         self.request_fit()
+
+    def _open_a_set_of_its_atoms(self, path) -> None:
+        """If the model was fitted on other atoms than the current set's, switch to the first set in the menu
+        with its atoms, and say so (a model file does not name its data set; before, this was an error and
+        the user had to find the set, then pick the model again)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:  # one small array, read lazily from the .npz
+                numbers = np.asarray(z["numbers"])
+        except (OSError, KeyError, ValueError):
+            return  # the fit job says what is wrong with the file
+        current = compute.load_header(self.dataset)
+        if np.array_equal(numbers, current.ds.numbers):
+            return
+        for cand in self.param.dataset.objects:
+            try:
+                if not np.array_equal(numbers, compute.load_header(cand).ds.numbers):
+                    continue
+            except (compute.DatasetError, OSError, ValueError):
+                continue
+            with self._quietly():
+                self.dataset = cand
+            self._dataset_changed(start=True)
+            self.notice = (f"{Path(path).name} was fitted on other atoms than {current.name}'s: "
+                           f"opened {compute.load_header(cand).name} ({Path(cand).name})")
+            return
 
     # -- requests ----------------------------------------------------------------------------------
     def request_fit(self) -> None:
