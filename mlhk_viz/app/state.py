@@ -5,8 +5,9 @@ models and every number the error plots show), "view" (the chosen molecule's den
 iso-surfaces), "curve" (learning curve, one training size at a time, low priority) and one
 "save-N" per click of Save. A newer request of the same kind replaces the older one (cancelled if
 not started, stopped at its next stage if running; saves excepted: each writes its own file), and a
-result is applied only if it matches the knobs at that moment. No browser is needed: ``AppState(...).wait()`` blocks until the work is applied, which
-is how the tests and the benchmark drive it.
+result is applied only if it matches the knobs at that moment. No browser is needed:
+``AppState(...).wait()`` blocks until the work is applied, which is how the tests and the benchmark
+drive it.
 """
 
 from __future__ import annotations

@@ -281,15 +281,14 @@ def _mol_caption(vd, result):
         extra = f" ({role} molecule)"
         if result.x_values is not None and result.x_label != compute.FRAME_LABEL:  # not the index once more
             extra += f", {result.x_label} = {result.x_values[m.index]:.3f}"
+    parts = [f"<span class='mol-index'>molecule {m.index}</span>{extra}"]
     if m.pred is None:
-        parts = [f"<span class='mol-index'>molecule {m.index}</span>{extra}",
-                 "<span class='energies-only'>an ML-KS model predicts energies only: the DFT density is shown</span>",
-                 f"electrons DFT {m.electrons_dft:.4f}"]
-        return "; ".join(f"<span style='white-space: nowrap'>{p}</span>" for p in parts)
-    parts = [f"<span class='mol-index'>molecule {m.index}</span>{extra}",
-             f"electrons ML {m.electrons_pred:.4f} / DFT {m.electrons_dft:.4f}",
-             f"‖n_ML − n_DFT‖₂ = <span class='mol-l2'>{m.l2:.3g}</span>", f"GP variance {m.var:.2g}",
-             f"lobes at ±{vd.diff_level:.2g} e/bohr³"]
+        parts += ["<span class='energies-only'>an ML-KS model predicts energies only: the DFT density is shown</span>",
+                  f"electrons DFT {m.electrons_dft:.4f}"]
+    else:
+        parts += [f"electrons ML {m.electrons_pred:.4f} / DFT {m.electrons_dft:.4f}",
+                  f"‖n_ML − n_DFT‖₂ = <span class='mol-l2'>{m.l2:.3g}</span>", f"GP variance {m.var:.2g}",
+                  f"lobes at ±{vd.diff_level:.2g} e/bohr³"]
     # lines break between the parts, never inside a number ("2.7e-" / "09")
     return "; ".join(f"<span style='white-space: nowrap'>{p}</span>" for p in parts)
 
