@@ -176,6 +176,8 @@ def _cmd_info(args) -> int:
               f"{u['folder']}); the `mlhk-viz generate` command that started it continues it")
     if partial:
         return 0
+    if _model_info(args.path):
+        return 0
     ds = Dataset.load(args.path)
     m = ds.meta
     print(f"{ds.name}: {len(ds)} molecules of {ds.n_atoms} atoms ({ds.n_electrons} valence electrons)")
@@ -185,6 +187,42 @@ def _cmd_info(args) -> int:
           f"converged {int(ds.converged.sum())}/{len(ds)}")
     print(f"  truncation error (rel. L1): mean {float(ds.truncation_error.mean()):.4f}")
     return 0
+
+
+def _model_info(path) -> bool:
+    """Describe a model file (kind, M, atoms, hyperparameters, training data) if ``path`` is one."""
+    import numpy as np
+    from ase.formula import Formula
+    from ase.symbols import Symbols
+
+    from .datasets import DatasetError
+    from .models import read_model_meta
+
+    try:
+        meta, numbers, m = read_model_meta(path)
+    except DatasetError:
+        return False  # not a model file: the data-set reader says what it is
+    p = meta.get("params", {})
+    formula = Formula(str(Symbols(numbers))).format("hill")
+    print(f"{meta.get('kind')} model (format version {meta.get('version')}): M = {m} training molecules of "
+          f"{formula} ({len(numbers)} atoms)")
+    print(f"  descriptor: gamma {p.get('gamma')} Å, spacing {p.get('spacing')} Å")
+
+    def span(v):
+        v = np.atleast_1d(v)
+        return f"{v[0]:.3g}" if np.all(v == v[0]) else f"{v.min():.3g} .. {v.max():.3g} (per coefficient)"
+
+    with np.load(path, allow_pickle=False) as z:
+        for stage in ("density", "energy"):
+            if f"{stage}/sigma" in z.files:
+                print(f"  {stage} KRR: sigma {span(z[f'{stage}/sigma'])}, lambda {span(z[f'{stage}/lam'])}")
+    prov = meta.get("provenance") or {}
+    if prov:
+        rows = prov.get("train", [])
+        print(f"  trained on: {prov.get('name', '?')} ({prov.get('dataset', '?')}), {len(rows)} rows")
+    else:
+        print("  trained on: not recorded in the file")
+    return True
 
 
 def _cmd_cube(args) -> int:
@@ -262,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="output file (default data/<molecule>-md.npz)")
     a.set_defaults(func=_cmd_assemble)
 
-    i = sub.add_parser("info", help="describe a data-set file")
+    i = sub.add_parser("info", help="describe a data-set or model file")
     i.add_argument("path")
     i.set_defaults(func=_cmd_info)
 

@@ -380,8 +380,13 @@ def _jsonable(v):
     return v
 
 
-def save_model(model, path) -> Path:
-    """Save a fitted :class:`MLHK` or :class:`MLKS` (``.npz``, no pickle; see docs/formats.md)."""
+def save_model(model, path, provenance: dict | None = None) -> Path:
+    """Save a fitted :class:`MLHK` or :class:`MLKS` (``.npz``, no pickle; see docs/formats.md).
+
+    ``provenance`` (optional, JSON-able) says where the training molecules came from, e.g.
+    ``{"dataset": "h2o.npz", "name": "H2O", "train": [...]}``; :func:`load_model` puts it back in
+    ``model.provenance_`` and :func:`read_model_meta` reads it without loading the arrays.
+    """
     from .datasets import save_npz
 
     if not hasattr(model, "X_fit_"):
@@ -404,6 +409,12 @@ def save_model(model, path) -> Path:
         arrays["energy_features"] = model.energy_features_
     params = {k: _jsonable(v) for k, v in model.get_params().items() if k not in ("reference", "permutations")}
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": kind, "params": params}
+    if provenance is not None:
+        try:
+            json.dumps(provenance)
+        except TypeError as exc:
+            raise ValueError(f"save_model: provenance must be JSON-able (plain str/int/float/list/dict): {exc}") from None
+        meta["provenance"] = provenance
     save_npz(path, arrays, meta, compress=False)
     return Path(path)
 
@@ -446,7 +457,42 @@ def load_model(path):
             model.energy_features_ = arrays["energy_features"]
     except KeyError as exc:
         raise DatasetError(f"{path}: model file is missing array {exc}") from None
+    model.provenance_ = dict(meta.get("provenance") or {})
     return model
+
+
+def read_model_meta(path) -> tuple[dict, np.ndarray, int]:
+    """``(meta, numbers, M)`` of a model file without reading its large arrays (for menus and ``info``).
+
+    ``meta`` holds ``kind``, ``params`` and, for files that recorded it, ``provenance``; raises
+    ``DatasetError`` saying what is wrong with the file.
+    """
+    import zipfile
+
+    from .datasets import DatasetError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:  # an NpzFile reads a member only when asked
+            if "meta" not in z.files:
+                raise DatasetError(f"{path}: no 'meta' record; not a {MODEL_FORMAT} file")
+            meta = json.loads(str(z["meta"]))
+            if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+                got = meta.get("format") if isinstance(meta, dict) else None
+                raise DatasetError(f"{path}: format is {got!r}, expected {MODEL_FORMAT!r}")
+            numbers, n_fit = np.asarray(z["numbers"]), None
+            if "X_fit" in z.files:  # the shape from the .npy header alone
+                with z.zip.open("X_fit.npy") as fh:
+                    fmt = np.lib.format
+                    read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+                    n_fit = read(fh)[0][0]
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise DatasetError(f"{path}: not a readable model file: {exc}") from None
+    return meta, numbers, int(n_fit) if n_fit is not None else -1
 
 
 def model_summary(model) -> str:

@@ -433,7 +433,7 @@ def test_app_in_browser(browser, server):
     h2o = compute.load_header(ROOT / "data" / "h2o.npz")
     middle = int(h2o.test[len(h2o.test) // 2])
     select = page2.locator(".w-dataset select").first
-    select.select_option(label=next(t for t in (o.inner_text() for o in select.locator("option").all()) if "h2o.npz" in t))
+    select.select_option(label=next(t for t in (o.inner_text() for o in select.locator("option").all()) if t.startswith("H2O (")))
     t0 = time.time()
     while time.time() - t0 < 300 and not (page2.locator(".result-knobs").count()
                                           and page2.locator(".result-knobs").first.get_attribute("data-dataset") == "h2o.npz"):
@@ -487,6 +487,7 @@ def test_view_controls_and_a_saved_model_in_browser(browser, server):
     saved = Path(status.inner_text().split("saved ", 1)[1].split()[0])
     model = load_model(saved)
     assert isinstance(model, MLKS) and saved.parent == server["tmp"] / "models"
+    assert model.provenance_["dataset"] == "h2.npz" and len(model.provenance_["train"]) == len(model.X_fit_)
     assert model.model_.sigma_[0] == pytest.approx(float(knobs["ks-sigma"]), rel=1e-12)
     assert model.model_.lam_[0] == pytest.approx(float(knobs["ks-lam"]), rel=1e-12)
 

@@ -646,6 +646,11 @@ def test_data_menu_offers_sets_with_densities_that_the_app_can_hold(app_modules,
     monkeypatch.setattr(cache.DATASETS, "budget", 40 * per_molecule)
     compute._scan_cache.clear()
     assert sorted(Path(p).name for p in compute.scan_datasets(tmp_path).values()) == ["big.npz", "small.npz"]
+    # labels name the file only where the set's name does not (the sidebar is narrow)
+    h2.subset(np.arange(7)).save(tmp_path / "h2.npz")
+    compute._scan_cache.clear()
+    assert list(compute.scan_datasets(tmp_path)) == ["H2 (40 molecules, big.npz)", "H2 (7 molecules)",
+                                                     "H2 (10 molecules, small.npz)"]
     # a set named directly (MLHK_VIZ_DATASET) that does not fit is refused with the reason, not thrashed
     monkeypatch.setattr(cache.DATASETS, "budget", 20 * per_molecule)
     with pytest.raises(DatasetError, match=r"big.npz: 40 molecules need 0.0 GB of densities, more than .*mlhk-viz assemble"):
@@ -760,8 +765,11 @@ def test_saves_in_quick_succession_each_write_their_own_file(st, app_modules, mo
 
 
 def test_opening_a_model_of_other_atoms_switches_to_a_set_of_its_atoms(app_modules, tmp_path):
-    """A model file does not name its data set: one fitted on H2O, opened while H2 is shown, opens H2O and says
-    so (before, it was an error, and switching the set afterwards unloaded the model again)."""
+    """A model file that does not name its data set (saved by the library without ``provenance``): one fitted
+    on H2O, opened while H2 is shown, opens the first set of its atoms and says so (before, it was an error,
+    and switching the set afterwards unloaded the model again)."""
+    from mlhk_viz.models import load_model, save_model
+
     _, compute, _, state, _ = app_modules
     (tmp_path / "data").mkdir()
     for name in ("h2.npz", "h2o.npz"):
@@ -773,6 +781,8 @@ def test_opening_a_model_of_other_atoms_switches_to_a_set_of_its_atoms(app_modul
         path = tmp_path / "models" / "water.npz"
         s.save(path)
         assert s.wait(300, jobs=("save",)) and not s.error, s.error
+        save_model(load_model(path), path)  # as a file without the record
+        assert load_model(path).provenance_ == {}
         want = s.result.E_hk[s.result.test]
         s.dataset = str(tmp_path / "data" / "h2.npz")
         assert s.wait(300) and not s.error, s.error
@@ -783,5 +793,46 @@ def test_opening_a_model_of_other_atoms_switches_to_a_set_of_its_atoms(app_modul
         assert "water.npz was fitted on other atoms than H2's: opened H2O (h2o.npz)" in s.notice
         np.testing.assert_allclose(s.result.E_hk[s.result.test], want, rtol=0, atol=1e-6)
         assert s.param.molecule.bounds == (0, len(compute.load_header(s.dataset).ds) - 1)
+    finally:
+        s.close()
+
+
+def test_a_model_file_reopens_the_set_it_was_trained_on(app_modules, tmp_path):
+    """A saved model records its training set (file, name, rows): opened while another molecule is shown, it
+    opens that set, not the first in the menu with its atoms; a model of the atoms on screen stays put."""
+    from mlhk_viz.datasets import Dataset
+    from mlhk_viz.models import load_model
+
+    _, compute, _, state, _ = app_modules
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("h2.npz", "h2o.npz"):
+        (data / name).symlink_to(ROOT / "data" / name)
+    Dataset.load(ROOT / "data" / "h2o.npz").subset(np.arange(0, 300, 3)).save(data / "x-water.npz")  # after h2o.npz
+    s = state.AppState(data_dir=data, model_dir=tmp_path / "models", dataset=str((data / "x-water.npz").resolve()),
+                       curve=False)
+    try:
+        s.m = 12
+        assert s.wait(300) and not s.error, s.error
+        path = tmp_path / "models" / "w.npz"
+        s.save(path)
+        assert s.wait(300, jobs=("save",)) and not s.error, s.error
+        prov = load_model(path).provenance_
+        assert prov == {"dataset": "x-water.npz", "name": "H2O", "m": 12, "train": s.result.train.tolist()}
+        s.dataset = str((data / "h2.npz").resolve())
+        assert s.wait(300) and not s.error, s.error
+        s.refresh_lists()
+        assert list(map(Path, s.param.dataset.objects))[1:] == [(data / "h2o.npz").resolve(), data / "x-water.npz"]
+        s.model_file = str(path.resolve())
+        assert s.wait(300) and not s.error, s.error
+        assert Path(s.dataset).name == "x-water.npz", s.dataset
+        assert s.notice == "w.npz was fitted on x-water.npz: opened H2O (x-water.npz)"
+        assert s.model_label(s.model_file) == "w.npz (MLHK, M = 12)"
+        s.model_file = ""
+        s.dataset = str((data / "h2o.npz").resolve())
+        assert s.wait(300) and not s.error, s.error
+        s.model_file = str(path.resolve())  # same atoms as the set on screen: applied to it
+        assert s.wait(300) and not s.error, s.error
+        assert Path(s.dataset).resolve() == (data / "h2o.npz").resolve() and s.loaded_path == str(path.resolve())
     finally:
         s.close()

@@ -2,6 +2,7 @@
 README.md and docs/ parses, and the imports the docs show exist."""
 
 import argparse
+import re
 import shlex
 
 import numpy as np
@@ -52,10 +53,16 @@ def test_readme_library_example_runs_and_its_model_file_reads_back(h2o, tmp_path
                                rtol=0, atol=1e-10)
 
 
+def table_commands(text):
+    """The ``mlhk-viz`` code spans in Markdown table rows: the docs' tables of results give the command of each."""
+    return [m for line in text.splitlines() if line.startswith("|") for m in re.findall(r"`(mlhk-viz [^`]*)`", line)]
+
+
 def doc_commands(texts):
     # "[--scheduler ADDRESS]" shows an optional part: parse it as given
     lines = [line.split("#")[0].strip().replace("[", "").replace("]", "")
              for text in texts for b in fenced_blocks(text, "") for line in b.splitlines()]
+    lines += [c for text in texts for c in table_commands(text)]
     return [shlex.split(line)[1:] for line in lines if line.startswith("mlhk-viz ")]
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -6,6 +8,8 @@ from sklearn.kernel_ridge import KernelRidge
 from mlhk_viz.descriptor import GaussianPotential
 from mlhk_viz.evaluation import KCAL_PER_HARTREE, evaluate, select_training, split
 from mlhk_viz.models import MLHK, MLKS, load_model, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +120,43 @@ def test_save_load_round_trip(tmp_path, h2, h2_split):
 
     with pytest.raises(DatasetError, match="truncated or corrupt"):
         load_model(tmp_path / "cut.npz")
+
+
+def test_model_files_record_their_training_data(tmp_path, h2, h2_split, capsys):
+    """``provenance`` round-trips; ``read_model_meta`` and ``mlhk-viz info`` read it (and M, the atoms) without
+    the large arrays; files saved without it read back as ``{}`` and say so."""
+    from mlhk_viz.cli import main
+    from mlhk_viz.datasets import DatasetError
+    from mlhk_viz.models import read_model_meta
+
+    train, test = h2_split
+    m = MLHK(sigma=100.0, lam=1e-10, energy_sigma=1.0, energy_lam=1e-8).fit(
+        h2.positions[train], h2.energies[train], h2.coefficients()[train], numbers=h2.numbers)
+    prov = {"dataset": "h2.npz", "name": "H2", "m": len(train), "train": [int(i) for i in train]}
+    save_model(m, tmp_path / "with.npz", provenance=prov)
+    save_model(m, tmp_path / "without.npz")
+    assert load_model(tmp_path / "with.npz").provenance_ == prov
+    assert load_model(tmp_path / "without.npz").provenance_ == {}
+    meta, numbers, n_fit = read_model_meta(tmp_path / "with.npz")
+    assert meta["kind"] == "MLHK" and meta["provenance"] == prov
+    assert numbers.tolist() == h2.numbers.tolist() and n_fit == len(train)
+
+    assert main(["info", str(tmp_path / "with.npz")]) == 0
+    out = capsys.readouterr().out
+    assert f"MLHK model (format version 1): M = {len(train)} training molecules of H2 (2 atoms)" in out
+    assert "density KRR: sigma 100, lambda 1e-10" in out and "energy KRR: sigma 1, lambda 1e-08" in out
+    assert f"trained on: H2 (h2.npz), {len(train)} rows" in out
+    assert main(["info", str(tmp_path / "without.npz")]) == 0
+    assert "trained on: not recorded in the file" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match="provenance must be JSON-able"):
+        save_model(m, tmp_path / "bad.npz", provenance={"train": np.arange(3)})
+    assert not (tmp_path / "bad.npz").exists()
+    with pytest.raises(DatasetError, match="expected 'mlhk-viz-model'"):
+        read_model_meta(ROOT / "data" / "h2.npz")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "with.npz").read_bytes()[:100])
+    with pytest.raises(DatasetError, match="not a readable model file"):
+        read_model_meta(tmp_path / "cut.npz")
 
 
 def test_alignment_makes_predictions_rotation_invariant(h2, h2_split):

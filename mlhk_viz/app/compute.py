@@ -104,22 +104,30 @@ def scan_datasets(folder) -> dict[str, str]:
                 ok = False
             _scan_cache[k] = ok
         if ok and ok[2]:
-            out[f"{ok[0]} ({ok[1]} molecules, {p.name})"] = str(p.resolve())
+            # the file name only where the set's name does not give it: the sidebar is 300 px wide
+            label = f"{ok[0]} ({ok[1]} molecules)"
+            if ok[0].lower() != p.stem.lower() or label in out:
+                label = f"{ok[0]} ({ok[1]} molecules, {p.name})"
+            out[label] = str(p.resolve())
     return out
 
 
 def scan_models(*folders) -> dict[str, str]:
-    """``{label: path}`` of model files (``mlhk-viz-model`` npz) in ``folders``."""
-    from ..datasets import load_npz
+    """``{label: path}`` of model files (``mlhk-viz-model`` npz) in ``folders``.
+
+    Reads each file's meta record and header only: an ML-HK file is about 2 × M MB, and the menu is
+    rebuilt for every page.
+    """
+    from ..models import read_model_meta
 
     out = {}
     for folder in folders:
         for p in sorted(Path(folder).glob("*.npz")) if Path(folder).is_dir() else []:
             try:
-                _, meta = load_npz(p, kind="mlhk-viz-model")
+                meta, _, m = read_model_meta(p)
             except (DatasetError, OSError, ValueError):
                 continue
-            out[f"{p.name} ({meta.get('kind')})"] = str(p.resolve())
+            out[f"{p.name} ({meta.get('kind')}, M = {m})"] = str(p.resolve())
     return out
 
 
@@ -656,6 +664,13 @@ def md_alignment(ds):
         return load_trajectory(path)["reference"], equivalent_orderings(mol)
     except (ImportError, OSError, ValueError):
         return None
+
+
+def provenance(k: FitKnobs, progress=null_progress) -> dict:
+    """What a saved model file records of its training data: the set's file name and name, and the rows."""
+    r = fit(k, progress)
+    return {"dataset": Path(k.dataset).name, "name": load_header(k.dataset).name, "m": int(k.m),
+            "train": [int(i) for i in r.train]}
 
 
 def library_model(k: FitKnobs, kind: str, progress=null_progress, align: bool = False):

@@ -365,18 +365,22 @@ class AppState(param.Parameterized):
         self.request_fit()
 
     def _open_a_set_of_its_atoms(self, path) -> None:
-        """If the model was fitted on other atoms than the current set's, switch to the first set in the menu
-        with its atoms, and say so (a model file does not name its data set; before, this was an error and
-        the user had to find the set, then pick the model again)."""
+        """If the model was fitted on other atoms than the current set's, switch to the set it was fitted on
+        (if the file records it and the menu has it), else to the first set in the menu with its
+        atoms, and say so. A model of the current set's atoms stays on the current set: applying a model to
+        other molecules of the same kind is a use, not a mistake."""
+        from ..models import read_model_meta
+
         try:
-            with np.load(path, allow_pickle=False) as z:  # one small array, read lazily from the .npz
-                numbers = np.asarray(z["numbers"])
-        except (OSError, KeyError, ValueError):
+            meta, numbers, _ = read_model_meta(path)
+        except compute.DatasetError:
             return  # the fit job says what is wrong with the file
         current = compute.load_header(self.dataset)
         if np.array_equal(numbers, current.ds.numbers):
             return
-        for cand in self.param.dataset.objects:
+        origin = (meta.get("provenance") or {}).get("dataset")
+        menu = sorted(self.param.dataset.objects, key=lambda c: Path(c).name != origin)  # its own set first
+        for cand in menu:
             try:
                 if not np.array_equal(numbers, compute.load_header(cand).ds.numbers):
                     continue
@@ -385,8 +389,9 @@ class AppState(param.Parameterized):
             with self._quietly():
                 self.dataset = cand
             self._dataset_changed(start=True)
-            self.notice = (f"{Path(path).name} was fitted on other atoms than {current.name}'s: "
-                           f"opened {compute.load_header(cand).name} ({Path(cand).name})")
+            why = (f"was fitted on {origin}" if Path(cand).name == origin else
+                   f"was fitted on other atoms than {current.name}'s")
+            self.notice = f"{Path(path).name} {why}: opened {compute.load_header(cand).name} ({Path(cand).name})"
             return
 
     # -- requests ----------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def save_model(progress, knobs, kind, path):
 
     model = compute.library_model(knobs, kind, progress)
     progress(0, 1, "writing")
-    out = lib_save(model, path)
+    out = lib_save(model, path, provenance=compute.provenance(knobs, progress))
     progress(1, 1, "writing")
     return str(out)
 

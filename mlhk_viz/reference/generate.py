@@ -36,6 +36,22 @@ from .pyscf_runner import DEFAULT_METHOD, single_point
 
 CHUNK_FORMAT = "mlhk-viz-chunk"
 GEOMETRIES_FORMAT = "mlhk-viz-chunk-geometries"
+
+
+def chunk_file(parts: Path, i: int) -> Path:
+    """Where chunk ``i`` of a parts folder lives (``chunk-00012.npz``)."""
+    return Path(parts) / f"chunk-{i:05d}.npz"
+
+
+def chunk_files(parts: Path) -> dict[int, Path]:
+    """``{chunk index: file}`` of the chunks in a parts folder, in index order."""
+    found = {}
+    for f in Path(parts).glob("chunk-*.npz"):
+        try:
+            found[int(f.stem.split("-", 1)[1])] = f
+        except ValueError:  # not one of ours (chunk-old.npz): leave it
+            continue
+    return dict(sorted(found.items()))
 # Two geometries within this many Å are the same set member. Aligned MD frames differ by ~1e-15 Å
 # between numpy/BLAS builds; anything physical is many orders larger.
 GEOMETRY_DECIMALS = 6
@@ -152,7 +168,7 @@ def unfinished(path) -> list[dict]:
             n, size = int(info["n"]), int(info["chunk_size"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        chunks = sorted(int(f.stem.split("-")[1]) for f in folder.glob("chunk-*.npz"))
+        chunks = list(chunk_files(folder))
         done = sum(min((i + 1) * size, n) - i * size for i in chunks)
         out.append({"folder": folder, "name": info.get("name", folder.name), "n": n, "done": done, "chunks": len(chunks)})
     return out
@@ -225,7 +241,7 @@ def load_finished(name: str, out, numbers, positions, method: dict = DEFAULT_MET
 
     parts = parts_dir(out, numbers, positions, method)
     rows, index = [], []
-    for f in sorted(parts.glob("chunk-*.npz")):
+    for f in chunk_files(parts).values():
         try:
             arrays, info = load_npz(f, kind=CHUNK_FORMAT)
         except DatasetError:
@@ -293,8 +309,7 @@ def generate(
     (parts / "manifest.json").write_text(json.dumps(
         {"name": name, "n": n, "chunk_size": chunk_size, "method": method}, indent=1))
     bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
-    chunk_path = lambda i: parts / f"chunk-{i:05d}.npz"  # noqa: E731
-    done = {i: c for i, (s, e) in enumerate(bounds) if (c := _read_chunk(chunk_path(i), e - s)) is not None}
+    done = {i: c for i, (s, e) in enumerate(bounds) if (c := _read_chunk(chunk_file(parts, i), e - s)) is not None}
     if limit is not None and limit < 1:
         raise ValueError(f"generate: limit must be a positive number of geometries, got {limit}")
     todo = [i for i in range(len(bounds)) if i not in done and (limit is None or bounds[i][0] < limit)]
@@ -311,7 +326,7 @@ def generate(
 
     def finish(i, computed=None):
         arrays = _chunk_from(hits[i], computed) if i in hits else computed
-        save_npz(chunk_path(i), arrays, {"format": CHUNK_FORMAT, "chunk": i, "bounds": bounds[i]})
+        save_npz(chunk_file(parts, i), arrays, {"format": CHUNK_FORMAT, "chunk": i, "bounds": bounds[i]})
         done[i] = arrays
         progress(sum(bounds[j][1] - bounds[j][0] for j in done), n, f"PBE {name}")
 
