@@ -63,7 +63,9 @@ def main() -> int:
                 page.locator(".view3d canvas").first.wait_for(timeout=180_000)
                 select = page.locator(".w-dataset select").first
                 labels = [o.inner_text() for o in select.locator("option").all()]
-                label = next((t for t in labels if args.dataset in t), None)
+                # a label names the file, or only the set when the set is named after its file
+                stem = Path(args.dataset).stem.lower()
+                label = next((t for t in labels if args.dataset in t or t.lower().startswith(stem + " (")), None)
                 if label is None:
                     raise SystemExit(f"no data set {args.dataset!r} in the app's list: {labels}")
                 select.select_option(label=label)
