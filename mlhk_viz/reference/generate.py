@@ -36,6 +36,10 @@ from .pyscf_runner import DEFAULT_METHOD, single_point
 
 CHUNK_FORMAT = "mlhk-viz-chunk"
 GEOMETRIES_FORMAT = "mlhk-viz-chunk-geometries"
+# Two geometries within this many Å are the same set member. Aligned MD frames differ by ~1e-15 Å
+# between numpy/BLAS builds; anything physical is many orders larger.
+GEOMETRY_DECIMALS = 6
+GEOMETRY_TOL = 10.0 ** -GEOMETRY_DECIMALS
 
 
 def chunk_file(parts: Path, i: int) -> Path:
@@ -52,10 +56,6 @@ def chunk_files(parts: Path) -> dict[int, Path]:
         except ValueError:  # not one of ours (chunk-old.npz): leave it
             continue
     return dict(sorted(found.items()))
-# Two geometries within this many Å are the same set member. Aligned MD frames differ by ~1e-15 Å
-# between numpy/BLAS builds; anything physical is many orders larger.
-GEOMETRY_DECIMALS = 6
-GEOMETRY_TOL = 10.0 ** -GEOMETRY_DECIMALS
 
 
 def compute_chunk(numbers, positions, method: dict) -> dict:
