@@ -72,7 +72,7 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=
     # The 3D view goes out in the first document; the slice and the tabs (a second of HoloViews
     # plots to build on the server and to lay out in the browser) follow once the page has loaded,
     # so the density is on screen before the analyses. The placeholders keep the final geometry.
-    side = pn.Column(width=450, min_height=420, css_classes=["slice-slot"])
+    side = pn.Column(width=views.SLICE_WIDTH, min_height=420, css_classes=["slice-slot"])
     analyses = pn.Column(sizing_mode="stretch_width", css_classes=["analyses-slot"])
 
     def rest():
@@ -95,7 +95,9 @@ def build_app(data_dir=None, model_dir=None, dataset=None, curve="on demand", m=
         pn.state.onload(rest)
     else:
         rest()
-    top = pn.Row(three, side, sizing_mode="stretch_width")
+    # on a screen too narrow for both (a 1280 px projector), the slice goes below the 3D view
+    # rather than past the window's edge
+    top = pn.FlexBox(three, side, flex_wrap="wrap", sizing_mode="stretch_width")
     main = pn.Column(views.status_bar(state), top, analyses, sizing_mode="stretch_width")
     app = pn.Row(views.controls(state), main, sizing_mode="stretch_width")
     app.state, app.scene = state, scene

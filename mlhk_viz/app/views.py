@@ -294,6 +294,11 @@ def _mol_caption(vd, result):
 
 
 # ------------------------------------------------------------------------------ slice
+#: every slice field (predicted, DFT, their difference, the GP standard deviation) is a density
+DENSITY = hv.Dimension("density", unit="e/bohr³")
+SLICE_WIDTH = 410
+
+
 def slice_view(state):
     def img(view_data, slice_pos, slice_field, dataset):
         if view_data is None:
@@ -304,8 +309,8 @@ def slice_view(state):
             xs, ys = entry.axes[a], entry.axes[b]
             kd = [f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"]
             return (hv.Image(np.zeros((len(ys), len(xs))), bounds=(xs[0], ys[0], xs[-1], ys[-1]), kdims=kd,
-                             vdims=["value"]).opts(cmap="viridis", colorbar=True, data_aspect=1)
-                    * hv.Points([], kd)).opts(width=430, height=330, toolbar="above")
+                             vdims=[DENSITY]).opts(cmap="viridis", colorbar=True, data_aspect=1)
+                    * hv.Points([], kd)).opts(width=SLICE_WIDTH - 20, height=330, toolbar="above")
         m = view_data.molecule
         n = m.normal
         a, b = [d for d in range(3) if d != n]
@@ -322,20 +327,20 @@ def slice_view(state):
             cmap, clim = "RdBu_r", (-lim, lim)
         else:
             cmap, clim = ("viridis" if slice_field != "uncertainty" else "magma"), (0, float(plane.max()) or 1e-12)
-        im = hv.Image(plane.T[::-1] if False else plane.T, bounds=bounds, kdims=[f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"],
-                      vdims=["value"]).opts(cmap=cmap, clim=clim, colorbar=True, tools=["hover"],
+        im = hv.Image(plane.T, bounds=bounds, kdims=[f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"],
+                      vdims=[DENSITY]).opts(cmap=cmap, clim=clim, colorbar=True, tools=["hover"],
                                             title=f"{slice_field}, {AX[n]} = {ax[k]:.2f} bohr", framewise=True,
                                             data_aspect=1)
         at = hv.Points((m.atoms_bohr[:, a], m.atoms_bohr[:, b]), kdims=[f"{AX[a]} (bohr)", f"{AX[b]} (bohr)"]).opts(
             color="white", line_color="black", size=8)
-        return (im * at).opts(width=430, height=330, toolbar="above", framewise=True)
+        return (im * at).opts(width=SLICE_WIDTH - 20, height=330, toolbar="above", framewise=True)
 
     # a DynamicMap: each update sends new image data into the same Bokeh figure (no rebuild)
     dm = hv.DynamicMap(pn.bind(img, state.param.view_data, state.param.slice_pos, state.param.slice_field,
                                state.param.dataset))
     pos = pn.widgets.FloatSlider.from_param(state.param.slice_pos, name="Slice position (bohr)", step=0.05, css_classes=["w-slice"])
     field = pn.widgets.RadioButtonGroup.from_param(state.param.slice_field, name="Field", css_classes=["w-slice-field"])
-    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["slice-plot"]), field, pos, width=450)
+    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["slice-plot"]), field, pos, width=SLICE_WIDTH)
 
 
 # ------------------------------------------------------------------------------ error plots
