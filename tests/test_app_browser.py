@@ -249,6 +249,19 @@ def test_app_in_browser(browser, server):
         time.sleep(1.0)
     assert axis and axis["scale"] == "LogScale" and 0 < axis["start"] < axis["end"] < 1, axis
 
+    # -- the page never scrolls sideways: the slice sits beside the 3D view where both fit, below it on a
+    # 1280 px projector
+    box = lambda sel: page.locator(sel).first.bounding_box()  # noqa: E731
+    scroll_width = "() => document.documentElement.scrollWidth"
+    for width in (1500, 1280):
+        page.set_viewport_size({"width": width, "height": 1000})
+        time.sleep(1.0)
+        view, side = box(".view3d"), box(".slice-slot")
+        assert page.evaluate(scroll_width) <= width, width
+        beside = side["x"] > view["x"] + view["width"] / 2 and side["y"] < view["y"] + view["height"]
+        assert beside == (width == 1500), (width, view, side)
+    page.set_viewport_size({"width": 1500, "height": 1000})
+
     # -- the one-standard-error rule (M = 10, all by CV, where it moves every pick): the page shows the
     # library's picks by that rule, then the lowest-error ones again
     ds = Dataset.load(H2)

@@ -1,6 +1,7 @@
 """The docs' screenshot of the app: serve app.py, open it in headless Chromium, pick a data set, save a PNG.
 
     python docs/scripts/screenshot.py --dataset h2o.npz --m 20 --out docs/screenshot.png
+    python docs/scripts/screenshot.py --dataset benzene-md.npz --m 100 --tab Trajectory --full-page --out /tmp/b.png
 
 Uses Debian's Chromium (/usr/bin/chromium) through Playwright, as the browser test does.
 """
@@ -42,6 +43,8 @@ def main() -> int:
     ap.add_argument("--m", type=int, default=20, help="training size M")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     ap.add_argument("--size", default="1400x820", help="viewport WIDTHxHEIGHT in pixels")
+    ap.add_argument("--tab", default=None, help="open this analysis tab first (Errors, Learning curve, Trajectory, ...)")
+    ap.add_argument("--full-page", action="store_true", help="the whole page, not only the viewport")
     args = ap.parse_args()
     width, height = map(int, args.size.split("x"))
 
@@ -82,8 +85,10 @@ def main() -> int:
                          f"the fit at M = {args.m}")
                 # vtk.js draws after the data arrive: wait until the 3D view is no longer blank
                 wait_for(lambda: _gray(page.locator(".view3d").first.screenshot(), Image).std() > 8, "the 3D view")
+                if args.tab:
+                    page.locator(".tabs").get_by_text(args.tab, exact=True).first.click()
                 time.sleep(3.0)
-                page.screenshot(path=args.out)
+                page.screenshot(path=args.out, full_page=args.full_page)
                 browser.close()
         finally:
             server.terminate()

@@ -340,7 +340,10 @@ def slice_view(state):
                                state.param.dataset))
     pos = pn.widgets.FloatSlider.from_param(state.param.slice_pos, name="Slice position (bohr)", step=0.05, css_classes=["w-slice"])
     field = pn.widgets.RadioButtonGroup.from_param(state.param.slice_field, name="Field", css_classes=["w-slice-field"])
-    return pn.Column(pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["slice-plot"]), field, pos, width=SLICE_WIDTH)
+    # Bokeh sizes the canvas of an aspect-locked figure past the figure itself; clipped, so the page
+    # does not scroll sideways
+    plot = pn.pane.HoloViews(linked_axes=False, object=dm, css_classes=["slice-plot"], styles={"overflow": "hidden"})
+    return pn.Column(plot, field, pos, width=SLICE_WIDTH)
 
 
 # ------------------------------------------------------------------------------ error plots
