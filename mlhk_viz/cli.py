@@ -195,8 +195,8 @@ def _model_info(path) -> bool:
     from ase.formula import Formula
     from ase.symbols import Symbols
 
-    from .datasets import DatasetError
-    from .models import read_model_meta
+    from .datasets import DatasetError, open_npz
+    from .models import MODEL_FORMAT, read_model_meta
 
     try:
         meta, numbers, m = read_model_meta(path)
@@ -212,7 +212,7 @@ def _model_info(path) -> bool:
         v = np.atleast_1d(v)
         return f"{v[0]:.3g}" if np.all(v == v[0]) else f"{v.min():.3g} .. {v.max():.3g} (per coefficient)"
 
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path, MODEL_FORMAT, what="model file") as (z, _):
         for stage in ("density", "energy"):
             if f"{stage}/sigma" in z.files:
                 print(f"  {stage} KRR: sigma {span(z[f'{stage}/sigma'])}, lambda {span(z[f'{stage}/lam'])}")

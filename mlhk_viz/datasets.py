@@ -15,6 +15,8 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,27 +70,43 @@ def save_npz(path, arrays: dict, meta: dict, compress: bool = True) -> None:
     _atomic_write(Path(path), write)
 
 
-def load_npz(path, kind: str = FORMAT) -> tuple[dict, dict]:
-    """Read an ``.npz`` written by :func:`save_npz` without pickle: ``(arrays, meta)``."""
+@contextmanager
+def open_npz(path, kind: str = FORMAT, what: str = ".npz file"):
+    """Open an ``.npz`` written by :func:`save_npz` and check its ``meta`` record: yields ``(npz, meta)``.
+
+    Members are read only when asked (``npz[name]``), so a reader can take the record and the small
+    arrays of a large file. Every failure, while opening or while reading members in the ``with``
+    block, is a :class:`DatasetError` that names the file and says what is wrong with it (``what``
+    names the kind of file in that message).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
+    unreadable = f"{path}: not a readable {what} (truncated or corrupt?)"
     if not zipfile.is_zipfile(path):  # np.load would take it for a .npy array or a pickle and say so
-        raise DatasetError(f"{path}: not a readable .npz file (truncated or corrupt?): it is not a zip archive")
+        raise DatasetError(f"{unreadable}: it is not a zip archive")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable .npz file (truncated or corrupt?): {exc}") from None
-    if "meta" not in arrays:
-        raise DatasetError(f"{path}: no 'meta' record; not a {kind} file")
-    try:
-        meta = json.loads(str(arrays.pop("meta")))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: the 'meta' record is not valid JSON: {exc}") from None
-    if meta.get("format") != kind:
-        raise DatasetError(f"{path}: format is {meta.get('format')!r}, expected {kind!r}")
-    return arrays, meta
+            if "meta" not in z.files:
+                raise DatasetError(f"{path}: no 'meta' record; not a {kind} file")
+            try:
+                meta = json.loads(str(z["meta"]))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}: the 'meta' record is not valid JSON: {exc}") from None
+            got = meta.get("format") if isinstance(meta, dict) else None
+            if got != kind:
+                raise DatasetError(f"{path}: format is {got!r}, expected {kind!r}")
+            yield z, meta
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise DatasetError(f"{unreadable}: {exc}") from None
+
+
+def load_npz(path, kind: str = FORMAT) -> tuple[dict, dict]:
+    """Read an ``.npz`` written by :func:`save_npz` without pickle: ``(arrays, meta)``."""
+    with open_npz(path, kind) as (z, meta):
+        return {k: z[k] for k in z.files if k != "meta"}, meta
 
 
 def file_sha256(path) -> str:

@@ -467,31 +467,17 @@ def read_model_meta(path) -> tuple[dict, np.ndarray, int]:
     ``meta`` holds ``kind``, ``params`` and, for files that recorded it, ``provenance``; raises
     ``DatasetError`` saying what is wrong with the file.
     """
-    import zipfile
+    from .datasets import DatasetError, open_npz
 
-    from .datasets import DatasetError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as z:  # an NpzFile reads a member only when asked
-            if "meta" not in z.files:
-                raise DatasetError(f"{path}: no 'meta' record; not a {MODEL_FORMAT} file")
-            meta = json.loads(str(z["meta"]))
-            if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-                got = meta.get("format") if isinstance(meta, dict) else None
-                raise DatasetError(f"{path}: format is {got!r}, expected {MODEL_FORMAT!r}")
-            numbers, n_fit = np.asarray(z["numbers"]), None
-            if "X_fit" in z.files:  # the shape from the .npy header alone
-                with z.zip.open("X_fit.npy") as fh:
-                    fmt = np.lib.format
-                    read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
-                    n_fit = read(fh)[0][0]
-    except DatasetError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise DatasetError(f"{path}: not a readable model file: {exc}") from None
+    with open_npz(path, MODEL_FORMAT, what="model file") as (z, meta):
+        if "numbers" not in z.files:
+            raise DatasetError(f"{path}: no 'numbers' array; not a complete model file")
+        numbers, n_fit = np.asarray(z["numbers"]), None
+        if "X_fit" in z.files:  # the shape from the .npy header alone
+            with z.zip.open("X_fit.npy") as fh:
+                fmt = np.lib.format
+                read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+                n_fit = read(fh)[0][0]
     return meta, numbers, int(n_fit) if n_fit is not None else -1
 
 

@@ -1,4 +1,5 @@
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -174,6 +175,26 @@ def test_loader_rejects_truncated_and_missing(tmp_path, small):
     for name in ("array.npz", "notes.npz"):
         with pytest.raises(DatasetError, match=f"{name}: not a readable .npz file .* it is not a zip archive"):
             Dataset.load(tmp_path / name)
+
+
+def test_a_damaged_member_is_a_dataset_error_and_the_app_menu_skips_it(tmp_path, small):
+    """A flipped byte inside a compressed array (a bad disk, a cut download) is reported, not a zlib crash."""
+    import struct
+
+    from mlhk_viz.app.compute import scan_datasets
+
+    src = small.save(tmp_path / "good.npz")
+    raw = bytearray(src.read_bytes())
+    info = next(i for i in zipfile.ZipFile(src).infolist() if i.filename == "positions.npy")
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    head = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[head + 26:head + 30])  # the local header's own lengths
+    start = head + 30 + name_len + extra_len
+    raw[start:start + 3] = bytes(b ^ 0xFF for b in raw[start:start + 3])
+    (tmp_path / "damaged.npz").write_bytes(raw)
+    with pytest.raises(DatasetError, match="damaged.npz: not a readable .npz file .*decompressing"):
+        Dataset.load(tmp_path / "damaged.npz")
+    assert list(scan_datasets(tmp_path).values()) == [str(src.resolve())]
 
 
 def test_failed_save_keeps_the_old_file(tmp_path, small):
