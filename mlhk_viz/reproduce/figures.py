@@ -230,7 +230,7 @@ def fig3b(out, data_dir, md_dir, m=None, duration_fs: float = 1000.0, every_fs: 
 
     ``params``: fixed ML-HK hyperparameters (see :func:`fit_models`). LOO CV picks the ridge λ that
     interpolates best between training frames; MD also goes between and a little beyond them, where a
-    smaller λ leaves deeper spurious wells (docs/reproduce.md, session 7), so a larger fixed λ can be
+    smaller λ leaves deeper spurious wells (docs/reproduce-log.md, session 7), so a larger fixed λ can be
     the difference between a run that breaks and one that lasts.
 
     ``forces="fd"`` is the paper's central finite differences (ε = 0.001 Å); ``"analytic"`` gives
