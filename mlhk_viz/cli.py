@@ -212,8 +212,8 @@ def _model_info(path) -> bool:
         v = np.atleast_1d(v)
         return f"{v[0]:.3g}" if np.all(v == v[0]) else f"{v.min():.3g} .. {v.max():.3g} (per coefficient)"
 
-    with open_npz(path, MODEL_FORMAT, what="model file") as (z, _):  # read here, print after: only reading is checked
-        stages = {s: (z[f"{s}/sigma"], z[f"{s}/lam"]) for s in ("density", "energy") if f"{s}/sigma" in z.files}
+    with open_npz(path, MODEL_FORMAT, what="model file") as (z, _):
+        stages = {s: (z[f"{s}/sigma"], z[f"{s}/lam"]) for s in ("density", "energy") if f"{s}/sigma" in z}
     for stage, (sigma, lam) in stages.items():
         print(f"  {stage} KRR: sigma {span(sigma)}, lambda {span(lam)}")
     prov = meta.get("provenance") or {}

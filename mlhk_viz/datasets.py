@@ -70,14 +70,56 @@ def save_npz(path, arrays: dict, meta: dict, compress: bool = True) -> None:
     _atomic_write(Path(path), write)
 
 
+#: what a damaged archive raises while it is opened or a member is read (a cut file, a bad CRC, a corrupt
+#: deflate stream, a bad .npy header)
+_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
+
+class NpzMembers:
+    """The members of an open ``.npz``, read only when asked.
+
+    Damage met while reading a member is a :class:`DatasetError` that names the file and the member;
+    errors of the caller's own code in an :func:`open_npz` block pass through as they are.
+    """
+
+    def __init__(self, npz, unreadable: str):
+        self._npz, self._unreadable = npz, unreadable
+        self.files = [f for f in npz.files if f != "meta"]
+
+    def __contains__(self, name) -> bool:
+        return name in self.files
+
+    def __getitem__(self, name) -> np.ndarray:
+        if name not in self.files:
+            raise KeyError(name)
+        try:
+            return self._npz[name]
+        except _DAMAGE as exc:
+            raise DatasetError(f"{self._unreadable}: array {name!r}: {exc}") from None
+
+    def shape(self, name) -> tuple:
+        """The shape of member ``name`` from its ``.npy`` header alone (a large array is not read)."""
+        if name not in self.files:
+            raise KeyError(name)
+        fmt = np.lib.format
+        try:
+            with self._npz.zip.open(f"{name}.npy") as fh:
+                version = fmt.read_magic(fh)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                return tuple(read(fh)[0])
+        except _DAMAGE as exc:
+            raise DatasetError(f"{self._unreadable}: array {name!r}: {exc}") from None
+
+
 @contextmanager
 def open_npz(path, kind: str = FORMAT, what: str = ".npz file"):
-    """Open an ``.npz`` written by :func:`save_npz` and check its ``meta`` record: yields ``(npz, meta)``.
+    """Open an ``.npz`` written by :func:`save_npz` and check its ``meta`` record: yields ``(members, meta)``.
 
-    Members are read only when asked (``npz[name]``), so a reader can take the record and the small
-    arrays of a large file. Every failure, while opening or while reading members in the ``with``
-    block, is a :class:`DatasetError` that names the file and says what is wrong with it (``what``
-    names the kind of file in that message).
+    ``members`` is an :class:`NpzMembers` (``members[name]``, ``name in members``, ``members.files``,
+    ``members.shape(name)``): arrays are read only when asked, so a reader can take the record and the
+    small arrays of a large file. A file that is missing, not a zip archive, damaged (also a member
+    found damaged when read) or of another ``kind`` is a :class:`DatasetError` that names the file and
+    says what is wrong (``what`` names the kind of file in that message).
     """
     path = Path(path)
     if not path.is_file():
@@ -86,27 +128,28 @@ def open_npz(path, kind: str = FORMAT, what: str = ".npz file"):
     if not zipfile.is_zipfile(path):  # np.load would take it for a .npy array or a pickle and say so
         raise DatasetError(f"{unreadable}: it is not a zip archive")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                raise DatasetError(f"{path}: no 'meta' record; not a {kind} file")
-            try:
-                meta = json.loads(str(z["meta"]))
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}: the 'meta' record is not valid JSON: {exc}") from None
-            got = meta.get("format") if isinstance(meta, dict) else None
-            if got != kind:
-                raise DatasetError(f"{path}: format is {got!r}, expected {kind!r}")
-            yield z, meta
-    except DatasetError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        z = np.load(path, allow_pickle=False)
+    except _DAMAGE as exc:
         raise DatasetError(f"{unreadable}: {exc}") from None
+    with z:
+        if "meta" not in z.files:
+            raise DatasetError(f"{path}: no 'meta' record; not a {kind} file")
+        try:
+            meta = json.loads(str(z["meta"]))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: the 'meta' record is not valid JSON: {exc}") from None
+        except _DAMAGE as exc:
+            raise DatasetError(f"{unreadable}: {exc}") from None
+        got = meta.get("format") if isinstance(meta, dict) else None
+        if got != kind:
+            raise DatasetError(f"{path}: format is {got!r}, expected {kind!r}")
+        yield NpzMembers(z, unreadable), meta
 
 
 def load_npz(path, kind: str = FORMAT) -> tuple[dict, dict]:
     """Read an ``.npz`` written by :func:`save_npz` without pickle: ``(arrays, meta)``."""
     with open_npz(path, kind) as (z, meta):
-        return {k: z[k] for k in z.files if k != "meta"}, meta
+        return {k: z[k] for k in z.files}, meta
 
 
 def file_sha256(path) -> str:

@@ -470,15 +470,11 @@ def read_model_meta(path) -> tuple[dict, np.ndarray, int]:
     from .datasets import DatasetError, open_npz
 
     with open_npz(path, MODEL_FORMAT, what="model file") as (z, meta):
-        if "numbers" not in z.files:
+        if "numbers" not in z:
             raise DatasetError(f"{path}: no 'numbers' array; not a complete model file")
-        numbers, n_fit = np.asarray(z["numbers"]), None
-        if "X_fit" in z.files:  # the shape from the .npy header alone
-            with z.zip.open("X_fit.npy") as fh:
-                fmt = np.lib.format
-                read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
-                n_fit = read(fh)[0][0]
-    return meta, numbers, int(n_fit) if n_fit is not None else -1
+        numbers = np.asarray(z["numbers"])
+        n_fit = z.shape("X_fit")[0] if "X_fit" in z else -1
+    return meta, numbers, int(n_fit)
 
 
 def model_summary(model) -> str:

@@ -177,24 +177,51 @@ def test_loader_rejects_truncated_and_missing(tmp_path, small):
             Dataset.load(tmp_path / name)
 
 
-def test_a_damaged_member_is_a_dataset_error_and_the_app_menu_skips_it(tmp_path, small):
-    """A flipped byte inside a compressed array (a bad disk, a cut download) is reported, not a zlib crash."""
+def _damage_member(src, member: str, out):
+    """Copy ``src`` to ``out`` with three bytes flipped at the start of ``member``'s compressed data."""
     import struct
 
-    from mlhk_viz.app.compute import scan_datasets
-
-    src = small.save(tmp_path / "good.npz")
     raw = bytearray(src.read_bytes())
-    info = next(i for i in zipfile.ZipFile(src).infolist() if i.filename == "positions.npy")
+    info = next(i for i in zipfile.ZipFile(src).infolist() if i.filename == f"{member}.npy")
     assert info.compress_type == zipfile.ZIP_DEFLATED
     head = info.header_offset
     name_len, extra_len = struct.unpack("<HH", raw[head + 26:head + 30])  # the local header's own lengths
     start = head + 30 + name_len + extra_len
     raw[start:start + 3] = bytes(b ^ 0xFF for b in raw[start:start + 3])
-    (tmp_path / "damaged.npz").write_bytes(raw)
+    out.write_bytes(raw)
+    return out
+
+
+def test_a_damaged_member_is_a_dataset_error_and_the_app_menu_skips_it(tmp_path, small):
+    """A flipped byte inside a compressed array (a bad disk, a cut download) is reported, not a zlib crash."""
+    from mlhk_viz.app.compute import scan_datasets
+
+    src = small.save(tmp_path / "good.npz")
+    _damage_member(src, "positions", tmp_path / "damaged.npz")
     with pytest.raises(DatasetError, match="damaged.npz: not a readable .npz file .*decompressing"):
         Dataset.load(tmp_path / "damaged.npz")
     assert list(scan_datasets(tmp_path).values()) == [str(src.resolve())]
+
+
+def test_open_npz_reports_damage_by_member_and_lets_the_callers_own_errors_through(tmp_path, small):
+    from mlhk_viz.datasets import open_npz
+
+    src = small.save(tmp_path / "good.npz")
+    with open_npz(src) as (z, meta):
+        assert meta["name"] == small.name and "meta" not in z.files and "positions" in z
+        assert z.shape("positions") == z["positions"].shape == small.positions.shape  # header alone
+        with pytest.raises(KeyError):
+            z["no-such-array"]
+    # an error of the code in the block is not a damaged file
+    with pytest.raises(ValueError, match="the caller's own") as raised:
+        with open_npz(src) as (z, _):
+            raise ValueError("the caller's own")
+    assert not isinstance(raised.value, DatasetError)
+    bad = _damage_member(src, "energies", tmp_path / "bad.npz")
+    with open_npz(bad) as (z, _):
+        assert np.array_equal(z["positions"], small.positions)  # the undamaged members still read
+        with pytest.raises(DatasetError, match="bad.npz: not a readable .npz file .*array 'energies'"):
+            z["energies"]
 
 
 def test_failed_save_keeps_the_old_file(tmp_path, small):
