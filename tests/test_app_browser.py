@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -398,6 +399,10 @@ def test_app_in_browser(browser, server):
     d_e = float(page.locator(".traj-dE").first.inner_text())
     e_lib = (ev.mlhk.predict(ds.positions[frame:frame + 1])[0] - ds.energies[frame]) * kc
     assert d_e == pytest.approx(e_lib, abs=2e-3), split
+    parts = re.search(r"ΔE_F (-?[\d.]+) \+ ΔE_D (-?[\d.]+)", split)
+    assert parts, split
+    e_f = (ev.mlhk.energy_of(ds.coefficients(rows=[frame]))[0] - ds.energies[frame]) * kc  # E^ML[n^DFT] - E
+    assert float(parts[1]) == pytest.approx(e_f, abs=2e-3) and float(parts[2]) == pytest.approx(e_lib - e_f, abs=3e-3), split
     # run 1 stopped by hand; runs 2 and 3 finish by themselves (a Run after a finished run must start again)
     titles = lambda: page.locator(".md-status").all_inner_texts()  # noqa: E731
     run_no = lambda: int(page.locator(".md-status").first.get_attribute("data-run"))  # noqa: E731

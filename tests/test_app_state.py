@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -428,11 +429,18 @@ def test_trajectory_split_per_frame_equals_the_library(st, app_modules):
     U = ds.coefficients()
     # E^ML[n^DFT] along the whole scan, from the library's functional applied to the DFT densities
     np.testing.assert_allclose(r.E_hk_at_dft_traj, model.energy_of(U[r.traj]), rtol=0, atol=2e-7)
-    # and the frame readout splits dE exactly into dE_F + dE_D
-    st.molecule = int(r.traj[7])
+    # and the frame readout shows the library's dE, dE_F and dE_D of that frame (to its 3 decimals)
+    i = int(r.traj[7])
+    st.molecule = i
     html = views.trajectory_plot(st)[1].object
     text = html() if callable(html) else str(html)
-    assert "frame 7" in text and "ΔE_F" in text and "ΔE_D" in text
+    got = re.search(r"frame 7</b>.*ΔE = <span class='traj-dE'>(-?[\d.]+)</span> = ΔE_F (-?[\d.]+) \+ ΔE_D (-?[\d.]+)",
+                    text)
+    assert got, text
+    kc = evaluation.KCAL_PER_HARTREE
+    e_ml, e_at_dft = model.predict(ds.positions[i:i + 1])[0], model.energy_of(U[i:i + 1])[0]
+    want = ((e_ml - ds.energies[i]) * kc, (e_at_dft - ds.energies[i]) * kc, (e_ml - e_at_dft) * kc)
+    assert [float(v) for v in got.groups()] == pytest.approx(want, abs=1.5e-3)
 
 
 def test_md_runs_live_and_stops(st, app_modules):

@@ -76,15 +76,38 @@ def test_energy_functional_on_leave_one_out_densities_equals_explicit_refits(tmp
         MLHK(energy_features="oob").fit(h2.positions[train], E[train], U[train], numbers=h2.numbers)
 
 
-def test_error_decomposition_sums_exactly(h2, h2_split):
+def test_error_decomposition_equals_independent_krr(h2, h2_split):
+    """dE_F = E^ML[n^DFT] - E and dE_D = E^ML[n^ML] - E^ML[n^DFT], with E^ML and n^ML from sklearn's
+    KernelRidge on brute-force descriptors: a swap of the two parts, or a wrong density in either, fails."""
     train, test = h2_split
-    U = h2.coefficients()
-    m = MLHK().fit(h2.positions[train], h2.energies[train], U[train], numbers=h2.numbers)
-    dec = m.error_decomposition(h2.positions[test], h2.energies[test], U[test])
-    np.testing.assert_allclose(dec["dE_F"] + dec["dE_D"], dec["dE"], rtol=0, atol=1e-14)
-    np.testing.assert_allclose(dec["E_ml"], m.predict(h2.positions[test]), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(dec["E_ml_at_dft_density"], m.energy_of(U[test]), rtol=0, atol=1e-12)
-    assert np.all(dec["dE_D"] != 0) and np.all(dec["dE_F"] != 0)
+    U, E = h2.coefficients(), h2.energies
+    g, d, s, lam, es, el = 0.2, 0.1, 30.0, 1e-8, 0.05, 1e-9
+    m = MLHK(gamma=g, spacing=d, sigma=s, lam=lam, energy_sigma=es, energy_lam=el).fit(
+        h2.positions[train], E[train], U[train], numbers=h2.numbers)
+    dec = m.error_decomposition(h2.positions[test], E[test], U[test])
+
+    K = lambda D, sig: np.exp(-D / (2 * sig**2))  # noqa: E731
+    sq = lambda A, B: ((A[:, None] - B[None]) ** 2).sum(-1)  # noqa: E731
+    Dtr = _brute_sq_dist(h2.positions[train], h2.positions[train], h2.numbers, g, d, m.axes_)
+    Dte = _brute_sq_dist(h2.positions[test], h2.positions[train], h2.numbers, g, d, m.axes_)
+    off = U[train].mean(0)
+    kr = KernelRidge(kernel="precomputed", alpha=lam).fit(K(Dtr, s), U[train] - off)
+    F, u_ml = kr.predict(K(Dtr, s)) + off, kr.predict(K(Dte, s)) + off
+    ke = KernelRidge(kernel="precomputed", alpha=el).fit(K(sq(F, F), es), E[train] - E[train].mean())
+    functional = lambda u: ke.predict(K(sq(u, F), es)) + E[train].mean()  # noqa: E731
+    e_ml, e_at_dft = functional(u_ml), functional(U[test])
+
+    atol = 1e-9  # Hartree
+    np.testing.assert_allclose(dec["E_ml"], e_ml, rtol=0, atol=atol)
+    np.testing.assert_allclose(dec["E_ml_at_dft_density"], e_at_dft, rtol=0, atol=atol)
+    np.testing.assert_allclose(dec["dE"], e_ml - E[test], rtol=0, atol=atol)
+    np.testing.assert_allclose(dec["dE_F"], e_at_dft - E[test], rtol=0, atol=atol)
+    np.testing.assert_allclose(dec["dE_D"], e_ml - e_at_dft, rtol=0, atol=atol)
+    np.testing.assert_allclose(dec["density_l2"], np.linalg.norm(u_ml - U[test], axis=1), rtol=0,
+                               atol=1e-8 * np.linalg.norm(U[test], axis=1).max())
+    # both parts are really there, and neither is the whole: the check above can tell them apart
+    assert np.all(np.abs(dec["dE_D"]) > 10 * atol) and np.all(np.abs(dec["dE_F"]) > 10 * atol)
+    assert np.abs(dec["dE_D"] - dec["dE_F"]).max() > 1e-6
 
 
 def test_sklearn_conventions(h2, h2_split):
