@@ -169,12 +169,13 @@ def test_lambda_change_reuses_the_eigendecomposition(st, app_modules):
     cache = app_modules[0]
     st.param.update(sigma_auto=False, lam_auto=False, log_lam=-7.0)
     assert st.wait(300)
-    misses = cache.EIGEN.misses
+    misses, hits = cache.EIGEN.misses, cache.EIGEN.hits
     for lam in (-6.0, -5.0, -4.0):
         st.log_lam = lam
         assert st.wait(300) and not st.error
         assert st.result.hk.lam == pytest.approx(10**lam)
     assert cache.EIGEN.misses == misses, "a lambda change must not refactorise the kernel"
+    assert cache.EIGEN.hits >= hits + 3, "each lambda takes the cached eigendecomposition"
 
 
 def test_stale_results_are_discarded(st, app_modules):
@@ -392,6 +393,11 @@ def test_prefetch_follows_the_last_m_step(st, app_modules):
         found = any(k[1] == want[0] for k, _ in cache.SELECTIONS.items_like(()) if len(k) == 3)
         time.sleep(0.1)
     assert found
+    # so a step onto it takes the selection from the cache
+    misses, hits = cache.SELECTIONS.misses, cache.SELECTIONS.hits
+    st.m = want[0]
+    assert st.wait(300) and not st.error
+    assert cache.SELECTIONS.misses == misses and cache.SELECTIONS.hits > hits
 
 
 def test_learning_curve_points(app_modules, tmp_path):

@@ -176,9 +176,12 @@ def test_snapshots_are_aligned(short_runs, name):
     # aligned snapshots stay close to the reference (no tumbling left): mass-weighted RMSD < 0.5 Å
     rmsd = np.sqrt((m[None, :, None] * (pos - ref) ** 2).sum((1, 2)) / m.sum())
     assert rmsd.max() < 0.5
-    # MMFF energies above the minimum, of the order of the potential share of 3/2 N kT
+    # MMFF energies above the minimum; on average the potential share of equipartition, (3N - 6)/2 kT
+    # (harmonic limit; 1.00-1.04 of it measured for the three molecules at 300 K)
     e_min = molecule(name)[1].get_potential_energy()
     assert np.all(r["ff_energies_eV"] > e_min)
+    share = (3 * len(r["numbers"]) - 6) / 2 * units.kB * 300.0
+    assert 0.8 < np.mean(r["ff_energies_eV"] - e_min) / share < 1.25
 
 
 def test_malonaldehyde_keeps_its_hydrogen_bond(short_runs):
