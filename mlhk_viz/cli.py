@@ -217,6 +217,8 @@ def _model_info(path) -> bool:
     for stage, (sigma, lam) in stages.items():
         print(f"  {stage} KRR: sigma {span(sigma)}, lambda {span(lam)}")
     prov = meta.get("provenance") or {}
+    if meta.get("densities") == "by-reference":
+        print(f"  training densities: by reference to {prov.get('dataset', '?')} (refitted from it on load)")
     if prov:
         rows = prov.get("train", [])
         print(f"  trained on: {prov.get('name', '?')} ({prov.get('dataset', '?')}), {len(rows)} rows")

@@ -877,6 +877,20 @@ class KernelRidgeModel:
             out[:, g.sel] = g.eigvecs @ g.P - r + self.offset_[g.sel]
         return out[:, 0] if self._squeeze else out
 
+    def training_targets(self) -> np.ndarray:
+        """The targets the model was fitted on, rebuilt as ``Q P + offset`` (exact to rounding).
+
+        Returns (M, L) ((M,) when fitted with 1-D Y). Needs the projected targets (see
+        :meth:`set_lambda`); with them, a model file can identify its training data without holding it.
+        """
+        self._check_fitted()
+        if any(g.P is None for g in self._groups):
+            raise RuntimeError("training_targets needs the projected targets; this model was loaded without them")
+        out = np.empty((self.n_train_, self.n_outputs_))
+        for g in self._groups:
+            out[:, g.sel] = g.eigvecs @ g.P + self.offset_[g.sel]
+        return out[:, 0] if self._squeeze else out
+
     def variance(self, sq_dist_cross, sq_self=None, sigma=None, lam=None) -> np.ndarray:
         """GP posterior variance of the noise-free latent function, per test point.
 

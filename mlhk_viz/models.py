@@ -33,7 +33,12 @@ LAMBDAS = tuple(10.0 ** np.arange(-14, 0))
 ENERGY_FEATURES = ("predicted", "loo", "dft")
 
 MODEL_FORMAT = "mlhk-viz-model"
+#: a model file that holds everything the model needs (any model)
 MODEL_VERSION = 1
+#: an ML-HK model file that refers to its training densities in a data set and is refitted on load
+REFERENCE_VERSION = 2
+#: how ``save_model`` keeps an ML-HK model's training densities
+DENSITY_STORAGE = ("embedded", "by-reference")
 
 
 def molecules(X, numbers=None) -> tuple[np.ndarray, np.ndarray]:
@@ -296,22 +301,26 @@ class MLHK(_Base):
         progress(0, 1, "descriptor")
         D = self.potential_.sq_distances(pos, None, self.numbers_, self.axes_)
         progress(1, 1, "descriptor")
-        self.density_hyper_ = _choose(D, U, self.sigma, self.lam, self.sigma_factors, self.lams, self.cv,
-                                      self.per_coefficient, progress, "density CV", self.cv_rule)
-        progress(0, 1, "density solve")
-        self.density_model_ = KernelRidgeModel().fit(D, U, self.density_hyper_.sigma, self.density_hyper_.lam)
-        progress(1, 1, "density solve")
-        self._fit_energy(D, U, y, progress)
-        return self
+        density = _choose(D, U, self.sigma, self.lam, self.sigma_factors, self.lams, self.cv,
+                          self.per_coefficient, progress, "density CV", self.cv_rule)
+        return self._solve(D, U, y, density, None, progress)
 
-    def _fit_energy(self, D, U, y, progress):
+    def _solve(self, D, U, y, density: HyperChoice, energy: HyperChoice | None, progress=null_progress):
+        """Both KRR stages on training distances ``D`` with the density model's ``(sigma, lam)`` given; the
+        functional's are given too (a refit) or chosen by CV. Fit and refit share this one path, so a model
+        refitted from its data set (a by-reference file) predicts what the original did."""
+        self.density_hyper_ = density
+        progress(0, 1, "density solve")
+        self.density_model_ = KernelRidgeModel().fit(D, U, density.sigma, density.lam)
+        progress(1, 1, "density solve")
         F = {"predicted": lambda: self.density_model_.predict(D), "loo": self.density_model_.loo_predictions,
              "dft": lambda: U}[self.energy_features]()
         self.energy_features_ = F
         DF = sq_feature_distances(F)
-        self.energy_hyper_ = _choose(DF, y[:, None], self.energy_sigma, self.energy_lam, self.sigma_factors,
-                                     self.lams, self.cv, False, progress, "energy CV", self.cv_rule)
+        self.energy_hyper_ = energy or _choose(DF, y[:, None], self.energy_sigma, self.energy_lam, self.sigma_factors,
+                                               self.lams, self.cv, False, progress, "energy CV", self.cv_rule)
         self.energy_model_ = KernelRidgeModel().fit(DF, y[:, None], self.energy_hyper_.sigma, self.energy_hyper_.lam)
+        return self
 
     # -- prediction ---------------------------------------------------------------
     def predict_coefficients(self, X) -> np.ndarray:
@@ -380,18 +389,33 @@ def _jsonable(v):
     return v
 
 
-def save_model(model, path, provenance: dict | None = None) -> Path:
+def save_model(model, path, provenance: dict | None = None, densities: str = "embedded") -> Path:
     """Save a fitted :class:`MLHK` or :class:`MLKS` (``.npz``, no pickle; see docs/formats.md).
 
     ``provenance`` (optional, JSON-able) says where the training molecules came from, e.g.
     ``{"dataset": "h2o.npz", "name": "H2O", "train": [...]}``; :func:`load_model` puts it back in
     ``model.provenance_`` and :func:`read_model_meta` reads it without loading the arrays.
+
+    ``densities`` (ML-HK only): ``"embedded"`` keeps the dual coefficients and the functional's
+    training densities (about 2 × M MB); ``"by-reference"`` keeps only the fitted σ and λ and refers
+    to the training densities in the data set named by ``provenance`` (``"dataset"``: its file name,
+    ``"train"``: the M row indices), with the training energies and density norms to check it by.
+    Such a file is a few MB at any M; :func:`load_model` refits from the data set, which must still
+    hold those molecules.
     """
     from .datasets import save_npz
 
     if not hasattr(model, "X_fit_"):
         raise ValueError("save_model: the model is not fitted")
+    if densities not in DENSITY_STORAGE:
+        raise ValueError(f"save_model: densities must be one of {', '.join(map(repr, DENSITY_STORAGE))}, got {densities!r}")
     kind = type(model).__name__
+    by_reference = densities == "by-reference"
+    if provenance is not None:
+        try:
+            json.dumps(provenance)
+        except TypeError as exc:
+            raise ValueError(f"save_model: provenance must be JSON-able (plain str/int/float/list/dict): {exc}") from None
     arrays = {"X_fit": model.X_fit_, "numbers": model.numbers_, "axes_x": model.axes_[0], "axes_y": model.axes_[1],
               "axes_z": model.axes_[2]}
     if model.reference_ is not None:
@@ -402,34 +426,64 @@ def save_model(model, path, provenance: dict | None = None) -> Path:
         parts = {"energy": model.model_}
     else:
         parts = {"density": model.density_model_, "energy": model.energy_model_}
-    for prefix, km in parts.items():
-        for k, v in km.to_arrays().items():
-            arrays[f"{prefix}/{k}"] = v
-    if kind == "MLHK":
-        arrays["energy_features"] = model.energy_features_
+    if by_reference:
+        arrays.update(_reference_arrays(model, kind, provenance))
+    else:
+        for prefix, km in parts.items():
+            for k, v in km.to_arrays().items():
+                arrays[f"{prefix}/{k}"] = v
+        if kind == "MLHK":
+            arrays["energy_features"] = model.energy_features_
     params = {k: _jsonable(v) for k, v in model.get_params().items() if k not in ("reference", "permutations")}
-    meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": kind, "params": params}
+    meta = {"format": MODEL_FORMAT, "version": REFERENCE_VERSION if by_reference else MODEL_VERSION, "kind": kind,
+            "params": params, "densities": densities}
     if provenance is not None:
-        try:
-            json.dumps(provenance)
-        except TypeError as exc:
-            raise ValueError(f"save_model: provenance must be JSON-able (plain str/int/float/list/dict): {exc}") from None
         meta["provenance"] = provenance
-    save_npz(path, arrays, meta, compress=False)
+    # an embedded file is mostly dense float64 that would not shrink; a by-reference one is mostly
+    # per-coefficient σ and λ, a few distinct values each
+    save_npz(path, arrays, meta, compress=by_reference)
     return Path(path)
 
 
-def load_model(path):
-    """Load a model saved by :func:`save_model`; raises ``DatasetError`` saying what is wrong."""
+def _reference_arrays(model, kind: str, provenance) -> dict:
+    """What a by-reference file keeps of a fitted ML-HK: σ, λ and a fingerprint of the training data."""
+    if kind != "MLHK":
+        raise ValueError("save_model: only an ML-HK model has training densities to refer to "
+                         "(an ML-KS file is small): use densities='embedded'")
+    prov = provenance or {}
+    rows = prov.get("train")
+    if not isinstance(prov.get("dataset"), str) or not isinstance(rows, list) or len(rows) != len(model.X_fit_):
+        raise ValueError(f"save_model(densities='by-reference') needs provenance={{'dataset': the data set's file "
+                         f"name, 'train': the {len(model.X_fit_)} row indices of the training molecules in it}}")
+    try:
+        U = model.density_model_.training_targets()
+        y = model.energy_model_.training_targets()[:, 0]
+    except RuntimeError:
+        raise ValueError("save_model: this model was loaded from an embedded file, which does not keep what a "
+                         "by-reference file checks its data set by; save it embedded") from None
+    out = {"train_energies": y, "train_density_norms": np.linalg.norm(U, axis=1)}
+    for prefix, km in (("density", model.density_model_), ("energy", model.energy_model_)):
+        out[f"{prefix}/sigma"], out[f"{prefix}/lam"] = km.sigma_, km.lam_
+    return out
+
+
+def load_model(path, dataset=None, search=(), progress: Progress = null_progress):
+    """Load a model saved by :func:`save_model`; raises ``DatasetError`` saying what is wrong.
+
+    A by-reference ML-HK file is refitted from its training densities (with its saved σ and λ, no CV):
+    from ``dataset`` (a :class:`~mlhk_viz.datasets.Dataset` or a path) if given, else from the data set
+    its provenance names, looked for beside the model file, then in the folders ``search``.
+    """
     from .datasets import DatasetError, load_npz
 
     arrays, meta = load_npz(path, kind=MODEL_FORMAT)
-    if meta.get("version") != MODEL_VERSION:
-        raise DatasetError(f"{path}: model format version {meta.get('version')!r} is not supported "
-                           f"(this mlhk-viz reads version {MODEL_VERSION})")
+    version = meta.get("version")
+    if version not in (MODEL_VERSION, REFERENCE_VERSION):
+        raise DatasetError(f"{path}: model format version {version!r} is not supported "
+                           f"(this mlhk-viz reads versions {MODEL_VERSION} and {REFERENCE_VERSION})")
     kind = meta.get("kind")
-    if kind not in ("MLHK", "MLKS"):
-        raise DatasetError(f"{path}: unknown model kind {kind!r}")
+    if kind not in ("MLHK", "MLKS") or (version == REFERENCE_VERSION and kind != "MLHK"):
+        raise DatasetError(f"{path}: unknown model kind {kind!r} for format version {version}")
     params = dict(meta["params"])
     for k in ("sigma_factors", "lams"):
         params[k] = tuple(params[k])
@@ -445,6 +499,9 @@ def load_model(path):
         perms = arrays.get("permutations")
         model.permutations_ = None if perms is None else check_permutations(perms, len(model.numbers_))
         model.potential_ = GaussianPotential(model.gamma, model.spacing)
+        model.provenance_ = dict(meta.get("provenance") or {})
+        if version == REFERENCE_VERSION:
+            return _refit_from_reference(model, path, arrays, dataset, search, progress)
 
         def sub(prefix):
             return KernelRidgeModel.from_arrays({k.split("/", 1)[1]: v for k, v in arrays.items()
@@ -457,8 +514,58 @@ def load_model(path):
             model.energy_features_ = arrays["energy_features"]
     except KeyError as exc:
         raise DatasetError(f"{path}: model file is missing array {exc}") from None
-    model.provenance_ = dict(meta.get("provenance") or {})
     return model
+
+
+def _training_set(path, name, dataset, search):
+    from .datasets import Dataset, DatasetError
+
+    if isinstance(dataset, Dataset):
+        return dataset
+    if dataset is not None:
+        return Dataset.load(dataset)
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{path}: refers to its training densities but does not name their data set; pass dataset=")
+    folders = [Path(path).resolve().parent, *(Path(f) for f in search)]
+    for folder in folders:
+        if (folder / Path(name).name).is_file():
+            return Dataset.load(folder / Path(name).name)
+    raise DatasetError(f"{path}: its training densities are in {name}, which is not in {', '.join(map(str, folders))}; "
+                       f"put the data set there or pass dataset=")
+
+
+def _refit_from_reference(model, path, arrays, dataset, search, progress):
+    """Refit a by-reference ML-HK file's model from the rows of its data set, after checking they are the
+    molecules it was trained on (geometry, energy and density norm)."""
+    from .datasets import DatasetError
+
+    prov = model.provenance_
+    ds = _training_set(path, prov.get("dataset"), dataset, search)
+    where = f"{path}: its training rows in {ds.path or ds.name}"
+    rows = np.asarray(prov.get("train", []))
+    M = len(model.X_fit_)
+    if rows.shape != (M,) or not np.issubdtype(rows.dtype, np.integer):
+        raise DatasetError(f"{path}: provenance 'train' must list the {M} training rows, got shape {rows.shape}")
+    if rows.min() < 0 or rows.max() >= len(ds):
+        raise DatasetError(f"{where} go up to {rows.max()}, but the set has {len(ds)} molecules")
+    if not np.array_equal(ds.numbers, model.numbers_):
+        raise DatasetError(f"{where}: the set holds atoms {ds.numbers.tolist()}, the model {np.asarray(model.numbers_).tolist()}")
+    E = ds.energies[rows]
+    progress(0, 1, "training densities")
+    U = ds.coefficients(progress, rows=rows)
+    pos = model._align(ds.positions[rows])
+    tol_U = 1e-6 * arrays["train_density_norms"]
+    differ = ((np.abs(pos - model.X_fit_).max(axis=(1, 2)) > 1e-6) | (np.abs(E - arrays["train_energies"]) > 1e-8)
+              | (np.abs(np.linalg.norm(U, axis=1) - arrays["train_density_norms"]) > tol_U))
+    if differ.any():
+        raise DatasetError(f"{where} are not the molecules it was trained on (rows {rows[differ][:5].tolist()} differ in "
+                           f"geometry, energy or density): the data set changed since the model was saved")
+    D = model.potential_.sq_distances(model.X_fit_, None, model.numbers_, model.axes_)
+
+    def hyper(prefix):
+        return HyperChoice(*(v[0] if np.all(v == v[0]) else v for v in (arrays[f"{prefix}/sigma"], arrays[f"{prefix}/lam"])))
+
+    return model._solve(D, U, E, hyper("density"), hyper("energy"), progress)
 
 
 def read_model_meta(path) -> tuple[dict, np.ndarray, int]:

@@ -139,6 +139,19 @@ def test_model_loo_predictions_equal_explicit_refits(data, lam):
     assert np.all(np.abs(model.predict(data["D"]) - data["Y"]).sum(1) < np.abs(got - data["Y"]).sum(1))
 
 
+def test_training_targets_are_the_fitted_targets(data):
+    """``training_targets`` rebuilds Y from the eigenbases (two sigma groups, per-output lambda); a model
+    loaded without its projected targets cannot, and says so."""
+    sig = np.where(np.arange(L) < 3, data["sigma"], 1.7 * data["sigma"])
+    model = KernelRidgeModel().fit(data["D"], data["Y"], sig, np.geomspace(1e-3, 1e-1, L))
+    rel_close(model.training_targets(), data["Y"], 1e-12)
+    one = KernelRidgeModel().fit(data["D"], data["Y"][:, 0], data["sigma"], 1e-2)
+    assert one.training_targets().shape == (M,)
+    rel_close(one.training_targets(), data["Y"][:, 0], 1e-12)
+    with pytest.raises(RuntimeError, match="loaded without them"):
+        KernelRidgeModel.from_arrays(model.to_arrays()).training_targets()
+
+
 @pytest.mark.parametrize("k", [2, 5, 7])
 def test_kfold_equals_explicit_refits(data, k):
     K = gaussian_kernel(data["D"], data["sigma"])

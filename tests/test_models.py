@@ -182,6 +182,83 @@ def test_model_files_record_their_training_data(tmp_path, h2, h2_split, capsys):
         read_model_meta(tmp_path / "cut.npz")
 
 
+@pytest.mark.parametrize("kw", [{}, {"per_coefficient": True}, {"energy_features": "loo"}],
+                         ids=["shared", "per-coefficient", "loo-functional"])
+def test_a_by_reference_file_refits_to_the_same_model(tmp_path, h2, h2_split, kw):
+    """``densities="by-reference"`` keeps σ, λ and a fingerprint of the training data, not the 2 × M MB of
+    arrays; loading refits from the data set found beside the file (or in ``search``, or given) and
+    predicts bit for bit what the saved model did."""
+    import shutil
+
+    from mlhk_viz.datasets import Dataset
+    from mlhk_viz.models import read_model_meta
+
+    train, test = h2_split
+    data, models = tmp_path / "data", tmp_path / "models"
+    data.mkdir(), models.mkdir()
+    shutil.copy(ROOT / "data" / "h2.npz", data / "h2.npz")
+    m = MLHK(**kw).fit(h2.positions[train], h2.energies[train], h2.coefficients()[train], numbers=h2.numbers)
+    prov = {"dataset": "h2.npz", "name": "H2", "train": [int(i) for i in train]}
+    full = save_model(m, models / "full.npz", prov)
+    ref = save_model(m, models / "ref.npz", prov, densities="by-reference")
+    assert ref.stat().st_size < full.stat().st_size / 20
+    meta, numbers, n_fit = read_model_meta(ref)
+    assert (meta["version"], meta["densities"], n_fit) == (2, "by-reference", len(train))
+    x = h2.positions[test]
+    for back in (load_model(ref, search=[data]), load_model(ref, dataset=data / "h2.npz"),
+                 load_model(ref, dataset=Dataset.load(data / "h2.npz"))):
+        np.testing.assert_array_equal(back.predict(x), m.predict(x))
+        np.testing.assert_array_equal(back.predict_coefficients(x[:3]), m.predict_coefficients(x[:3]))
+        np.testing.assert_array_equal(back.energy_features_, m.energy_features_)
+        assert back.provenance_ == prov
+    shutil.copy(ref, data / "ref.npz")  # beside its data set: found without help
+    np.testing.assert_array_equal(load_model(data / "ref.npz").predict(x), m.predict(x))
+
+
+def test_a_by_reference_file_says_what_is_missing_or_changed(tmp_path, h2, h2_split, capsys):
+    import shutil
+
+    from mlhk_viz.cli import main
+    from mlhk_viz.datasets import DatasetError
+
+    train, test = h2_split
+    U = h2.coefficients()
+    m = MLHK(sigma=100.0, lam=1e-10, energy_sigma=1.0, energy_lam=1e-8).fit(
+        h2.positions[train], h2.energies[train], U[train], numbers=h2.numbers)
+    prov = {"dataset": "h2.npz", "name": "H2", "train": [int(i) for i in train]}
+    ref = save_model(m, tmp_path / "ref.npz", prov, densities="by-reference")
+    assert main(["info", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert "format version 2" in out and "training densities: by reference to h2.npz" in out
+    # the data set is nowhere it is looked for
+    with pytest.raises(DatasetError, match=r"ref.npz: its training densities are in h2.npz, which is not in .*pass dataset="):
+        load_model(ref, search=[tmp_path / "elsewhere"])
+    # the data set changed: one training energy moved by 1 µHa
+    changed = h2.subset(np.arange(len(h2)))
+    changed.energies = changed.energies.copy()
+    changed.energies[train[4]] += 1e-6
+    changed.save(tmp_path / "h2.npz")
+    with pytest.raises(DatasetError, match=rf"are not the molecules it was trained on \(rows \[{train[4]}\] differ"):
+        load_model(ref)
+    # a shorter set
+    h2.subset(np.arange(int(max(train)))).save(tmp_path / "h2.npz")
+    with pytest.raises(DatasetError, match=rf"go up to {max(train)}, but the set has {max(train)} molecules"):
+        load_model(ref)
+    shutil.copy(ROOT / "data" / "h2.npz", tmp_path / "h2.npz")
+    np.testing.assert_array_equal(load_model(ref).predict(h2.positions[test]), m.predict(h2.positions[test]))
+    # what cannot be saved by reference, refused before anything is written
+    ks = MLKS().fit(h2.positions[train], h2.energies[train], numbers=h2.numbers)
+    for model, p, said in ((ks, prov, "only an ML-HK model has training densities to refer to"),
+                           (m, {"dataset": "h2.npz"}, "needs provenance=.*'train': the 10 row indices"),
+                           (m, None, "needs provenance="),
+                           (load_model(save_model(m, tmp_path / "full.npz")), prov, "save it embedded")):
+        with pytest.raises(ValueError, match=said):
+            save_model(model, tmp_path / "no.npz", p, densities="by-reference")
+    with pytest.raises(ValueError, match="densities must be one of 'embedded', 'by-reference', got 'zip'"):
+        save_model(m, tmp_path / "no.npz", prov, densities="zip")
+    assert not (tmp_path / "no.npz").exists()
+
+
 def test_alignment_makes_predictions_rotation_invariant(h2, h2_split):
     from scipy.spatial.transform import Rotation
 
