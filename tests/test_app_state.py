@@ -15,7 +15,7 @@ import pytest
 from mlhk_viz import evaluation
 from mlhk_viz.datasets import Dataset, DatasetError, read_cube
 from mlhk_viz.descriptor import GaussianPotential
-from mlhk_viz.models import _median_distance, load_model
+from mlhk_viz.models import _median_distance, load_model, read_model_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 H2 = ROOT / "data" / "h2.npz"
@@ -37,6 +37,11 @@ def st(app_modules, tmp_path):
     assert not s.error, s.error
     yield s
     s.close()
+
+
+def open_saved(path):
+    """A model file the app saved: ML-HK ones refer to their training set, which is in the shipped data."""
+    return load_model(path, search=[ROOT / "data"])
 
 
 def library_sigma(ds, train, gamma, spacing, factor):
@@ -102,7 +107,7 @@ def save_reset_reopen(st, name, knob, value, reset, then=lambda: True):
     path = st.model_dir / name
     st.save(path)
     assert st.wait(300, jobs=("save",)) and not st.error, st.error
-    assert getattr(load_model(path), knob) == value
+    assert getattr(open_saved(path), knob) == value
     setattr(st, knob, reset)
     assert st.wait(300) and not st.error, st.error
     assert then()
@@ -239,7 +244,11 @@ def test_save_model_round_trip(st, tmp_path, app_modules):
     st.save(path)
     assert st.wait(300, jobs=("save",)) and not st.error, st.error
     assert st.saved_path == str(path)
-    model = load_model(path)
+    # by reference to H2: kB, not the 2 x M MB of an embedded file
+    meta, _, _ = read_model_meta(path)
+    assert meta["densities"] == "by-reference" and meta["provenance"]["dataset"] == "h2.npz"
+    assert path.stat().st_size < 200_000
+    model = open_saved(path)
     r = st.result
     # the app solves through an eigendecomposition, the model by Cholesky; with the small lambda CV
     # picks, the two routes differ by up to 3e-8 Ha on some BLAS builds (6e-4 kcal/mol at 1e-6)
@@ -258,6 +267,7 @@ def test_save_model_round_trip(st, tmp_path, app_modules):
     p2 = tmp_path / "h2-mlks.npz"
     st.save(p2)
     assert st.wait(300, jobs=("save",)) and not st.error, st.error
+    assert read_model_meta(p2)[0]["densities"] == "embedded"
     np.testing.assert_allclose(load_model(p2).predict(ds.positions[r.test]), r.E_ks[r.test], rtol=0, atol=1e-6)
     # ... and opening it shows its energies and the DFT density alone (it has no density to predict); this
     # was a "view: ValueError" in the status line
@@ -757,6 +767,27 @@ def test_csv_exports_read_back_and_agree_with_each_other(st, app_modules):
         assert summ.loc[label, "max"] == pytest.approx(per[col].abs().max(), rel=1e-9), label
 
 
+def test_a_model_whose_data_set_is_gone_says_so_and_training_goes_on(st):
+    """A by-reference ML-HK file whose training set is not in the data folder: the status line names the
+    set and where it was looked for; going back to the knobs trains as before."""
+    from mlhk_viz.models import MLHK, save_model
+
+    ds = Dataset.load(H2)
+    rows = np.arange(0, 40, 4)
+    m = MLHK(sigma=100.0, lam=1e-10, energy_sigma=1.0, energy_lam=1e-8).fit(
+        ds.positions[rows], ds.energies[rows], ds.coefficients(rows=rows), numbers=ds.numbers)
+    path = save_model(m, st.model_dir / "orphan.npz", {"dataset": "gone.npz", "train": rows.tolist()},
+                      densities="by-reference")
+    before = st.result
+    st.refresh_lists()
+    st.model_file = str(path.resolve())
+    st.wait(300)
+    assert "its training densities are in gone.npz, which is not in" in st.error, st.error
+    st.model_file = ""
+    assert st.wait(300) and not st.error, st.error
+    np.testing.assert_array_equal(st.result.E_hk, before.E_hk)
+
+
 def test_saves_in_quick_succession_each_write_their_own_file(st, app_modules, monkeypatch):
     """Two clicks of Save (ML-HK, then ML-KS before the first finished; or two sessions in the same second)
     both write a model file: the second used to cancel the first, and equal names overwrote each other."""
@@ -768,14 +799,14 @@ def test_saves_in_quick_succession_each_write_their_own_file(st, app_modules, mo
     assert st.wait(300, jobs=("save",)) and not st.error, st.error
     files = sorted(st.model_dir.glob("*.npz"))
     assert [f.name for f in files] == ["H2-MLHK-M10-20260101-000000.npz", "H2-MLKS-M10-20260101-000000.npz"]
-    assert [type(load_model(f)).__name__ for f in files] == ["MLHK", "MLKS"]
+    assert [type(open_saved(f)).__name__ for f in files] == ["MLHK", "MLKS"]
     st.save()
     st.save()  # same kind, knobs and second: a second name, not the same file twice
     assert st.wait(300, jobs=("save",)) and not st.error, st.error
     names = sorted(f.name for f in st.model_dir.glob("H2-MLKS-*.npz"))
     assert names == ["H2-MLKS-M10-20260101-000000-2.npz", "H2-MLKS-M10-20260101-000000-3.npz",
                      "H2-MLKS-M10-20260101-000000.npz"]
-    assert all(load_model(st.model_dir / n) for n in names) and st.saved_path.endswith(("-2.npz", "-3.npz"))
+    assert all(open_saved(st.model_dir / n) for n in names) and st.saved_path.endswith(("-2.npz", "-3.npz"))
 
 
 def test_opening_a_model_of_other_atoms_switches_to_a_set_of_its_atoms(app_modules, tmp_path):
@@ -795,7 +826,7 @@ def test_opening_a_model_of_other_atoms_switches_to_a_set_of_its_atoms(app_modul
         path = tmp_path / "models" / "water.npz"
         s.save(path)
         assert s.wait(300, jobs=("save",)) and not s.error, s.error
-        save_model(load_model(path), path)  # as a file without the record
+        save_model(load_model(path, search=[tmp_path / "data"]), path)  # as an (embedded) file without the record
         assert load_model(path).provenance_ == {}
         want = s.result.E_hk[s.result.test]
         s.dataset = str(tmp_path / "data" / "h2.npz")
@@ -831,8 +862,8 @@ def test_a_model_file_reopens_the_set_it_was_trained_on(app_modules, tmp_path):
         path = tmp_path / "models" / "w.npz"
         s.save(path)
         assert s.wait(300, jobs=("save",)) and not s.error, s.error
-        prov = load_model(path).provenance_
-        assert prov == {"dataset": "x-water.npz", "name": "H2O", "m": 12, "train": s.result.train.tolist()}
+        prov = read_model_meta(path)[0]["provenance"]
+        assert load_model(path, search=[data]).provenance_ == prov == {"dataset": "x-water.npz", "name": "H2O", "m": 12, "train": s.result.train.tolist()}
         s.dataset = str((data / "h2.npz").resolve())
         assert s.wait(300) and not s.error, s.error
         s.refresh_lists()

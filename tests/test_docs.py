@@ -51,6 +51,10 @@ def test_readme_library_example_runs_and_its_model_file_reads_back(h2o, tmp_path
     again = load_model(tmp_path / "water.mlhk.npz")
     np.testing.assert_allclose(again.predict(ns["ds"].positions[test]), model.predict(ns["ds"].positions[test]),
                                rtol=0, atol=1e-10)
+    # the by-reference file, as the comment says: small, and refitted from data/ to the same predictions
+    assert (tmp_path / "water.ref.npz").stat().st_size < (tmp_path / "water.mlhk.npz").stat().st_size / 100
+    ref = load_model("water.ref.npz", search=["data"])
+    np.testing.assert_array_equal(ref.predict(ns["ds"].positions[test]), model.predict(ns["ds"].positions[test]))
 
 
 def table_commands(text):

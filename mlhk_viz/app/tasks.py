@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import null_progress
 from . import cache, compute, scene
 
 
@@ -77,17 +78,22 @@ def save_model(progress, knobs, kind, path):
 
     model = compute.library_model(knobs, kind, progress)
     progress(0, 1, "writing")
-    out = lib_save(model, path, provenance=compute.provenance(knobs, progress))
+    # ML-HK by reference to the data set (kB instead of 2 x M MB); ML-KS files are small as they are
+    out = lib_save(model, path, provenance=compute.provenance(knobs, progress),
+                   densities="by-reference" if kind == "ML-HK" else "embedded")
     progress(1, 1, "writing")
     return str(out)
 
 
 # ------------------------------------------------------------------------------ model files
-def _loaded(path):
+def _loaded(path, dataset, progress=None):
+    """The model in file ``path``; a by-reference file finds its training set beside it or in the folder of
+    ``dataset`` (the set on screen), where the app's data sets are."""
     from ..models import load_model
 
     key = ("loaded", compute.file_key(path))
-    return cache.MODELS.get_or_compute(key, lambda: load_model(path))
+    return cache.MODELS.get_or_compute(key, lambda: load_model(path, search=[Path(dataset).parent],
+                                                               progress=progress or null_progress))
 
 
 def _variance(model, positions):
@@ -107,7 +113,7 @@ def loaded_fit(progress, path, dataset):
     if got is not None:
         return got
     progress(0, 2, "load model")
-    model = _loaded(path)
+    model = _loaded(path, dataset, progress)
     entry = compute.load_entry(dataset, progress)
     ds = entry.ds
     if not np.array_equal(np.asarray(model.numbers_), ds.numbers):
@@ -153,7 +159,7 @@ def loaded_molecule(path, dataset, i, progress):
     got = cache.GRIDS.get(key)
     if got is not None:
         return got
-    model = _loaded(path)
+    model = _loaded(path, dataset, progress)
     entry = compute.load_entry(dataset, progress)
     if not isinstance(model, MLHK):  # ML-KS predicts energies only: the molecule's DFT density, no prediction
         dft = compute.dft_grid(entry, i)
@@ -186,7 +192,7 @@ def run_md(progress, knobs, model_path, start, duration_fs, temperature_K):
     from ..models import MLHK
 
     if model_path:
-        model = _loaded(model_path)
+        model = _loaded(model_path, knobs.dataset, progress)
         if not isinstance(model, MLHK):
             raise ValueError(f"{Path(model_path).name} is an ML-KS model: MD needs ML-HK (density and energy)")
     else:
