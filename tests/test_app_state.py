@@ -237,7 +237,9 @@ def test_caches_are_bounded_lru_and_single_flight(app_modules):
         assert size <= budget, name
 
 
-def test_save_model_round_trip(st, tmp_path, app_modules):
+def test_save_model_round_trip(st, tmp_path, app_modules, monkeypatch):
+    from mlhk_viz import models
+
     compute = app_modules[1]
     ds = Dataset.load(H2)
     path = st.model_dir / "h2-mlhk.npz"
@@ -259,9 +261,21 @@ def test_save_model_round_trip(st, tmp_path, app_modules):
     # ... and the app opens it again
     st.refresh_lists()  # a rescan finds it in the model folder
     assert str(path.resolve()) in st.param.model_file.objects
+    loads = []
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
     st.model_file = str(path.resolve())
     assert st.wait(300) and not st.error, st.error
     np.testing.assert_allclose(st.result.E_hk[r.test], r.E_hk[r.test], rtol=0, atol=1e-6)
+    # refitted once: showing other molecules takes the open model from the cache of model files, whose
+    # budget holds an ML-HK model of M = 200 benzene (600 MB; the 256 MB of fitted models does not)
+    cache = app_modules[0]
+    for i in r.test[1:3]:
+        st.molecule = int(i)
+        assert st.wait(300) and not st.error, st.error
+        np.testing.assert_allclose(st.view_data.molecule.pred, ds.basis.evaluate(
+            model.predict_coefficients(ds.positions[i:i + 1])[0], *st.view_data.molecule.axes), rtol=0, atol=1e-6)
+    assert len(loads) == 1 and ("loaded", compute.file_key(str(path.resolve()))) in cache.FILE_MODELS
+    assert cache.FILE_MODELS.budget >= 600 * cache.MB
     # ML-KS too
     st.kind = "ML-KS"
     p2 = tmp_path / "h2-mlks.npz"

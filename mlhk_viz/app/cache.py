@@ -150,12 +150,15 @@ GRAMS = LRUCache("grams", 256 * MB)
 EIGEN = LRUCache("eigen", 256 * MB)
 #: CV choices, fitted density models and energy stages (small, M-space)
 MODELS = LRUCache("models", 256 * MB)
+#: models opened from files: an ML-HK one holds M x 125,000 numbers several times (600 MB for benzene
+#: at M = 200), and a by-reference file is refitted to get it, so keep the open one (and a second)
+FILE_MODELS = LRUCache("model files", 1024 * MB)
 #: densities of single molecules on the fine view grid, and per-voxel training spreads
 GRIDS = LRUCache("grids", 384 * MB)
 #: learning-curve points
 CURVES = LRUCache("curves", 4 * MB)
 
-ALL = (DATASETS, SELECTIONS, DISTANCES, GRAMS, EIGEN, MODELS, GRIDS, CURVES)
+ALL = (DATASETS, SELECTIONS, DISTANCES, GRAMS, EIGEN, MODELS, FILE_MODELS, GRIDS, CURVES)
 
 
 def stats() -> dict:

@@ -92,7 +92,7 @@ def _loaded(path, dataset, progress=None):
     from ..models import load_model
 
     key = ("loaded", compute.file_key(path))
-    return cache.MODELS.get_or_compute(key, lambda: load_model(path, search=[Path(dataset).parent],
+    return cache.FILE_MODELS.get_or_compute(key, lambda: load_model(path, search=[Path(dataset).parent],
                                                                progress=progress or null_progress))
 
 
