@@ -422,8 +422,10 @@ def decomposition_plot(state):
     s = hv.DynamicMap(pn.bind(total, state.param.result))
     _select_from(state, a, lambda r, i: r.test[i])
     _select_from(state, b, lambda r, i: r.test[i])
+    # the legend sits on the data: see-through, and a click on an entry hides that series
     plot = (s * a * b).opts(hv.opts.Overlay(title="ΔE = ΔE_F + ΔE_D per test molecule", width=420, height=340,
-                                            legend_position="top_left", framewise=True))
+                                            legend_position="top_left", framewise=True, click_policy="hide",
+                                            legend_opts={"background_fill_alpha": 0.5}))
     return pn.pane.HoloViews(linked_axes=False, object=plot, css_classes=["decomposition-plot"])
 
 
