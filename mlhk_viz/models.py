@@ -422,13 +422,11 @@ def save_model(model, path, provenance: dict | None = None, densities: str = "em
         arrays["reference"] = model.reference_
     if getattr(model, "permutations_", None) is not None:
         arrays["permutations"] = np.asarray(model.permutations_, np.int64)
-    if kind == "MLKS":
-        parts = {"energy": model.model_}
-    else:
-        parts = {"density": model.density_model_, "energy": model.energy_model_}
     if by_reference:
         arrays.update(_reference_arrays(model, kind, provenance))
     else:
+        parts = {"energy": model.model_} if kind == "MLKS" else {"density": model.density_model_,
+                                                                  "energy": model.energy_model_}
         for prefix, km in parts.items():
             for k, v in km.to_arrays().items():
                 arrays[f"{prefix}/{k}"] = v

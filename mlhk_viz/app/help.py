@@ -33,7 +33,7 @@ KNOBS = {
     "uncertainty": "Colour the predicted surface by the model's predictive standard deviation (see the About tab).",
     "slice": "A plane through the molecule (the one holding the atoms), moved along its normal.",
     "save": "Write the current model as an .npz model file that the app (Model file) and mlhk_viz.models.load_model open "
-            "again. An ML-HK file refers to its training densities in the data set (a few kB, refitted when opened): "
+            "again. An ML-HK file refers to its training densities in the data set (tens of kB, refitted when opened): "
             "keep the set where it is.",
 }
 
