@@ -43,20 +43,48 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _output_file(path, option: str = "--out") -> Path:
+    """``path`` as an output file, refused before any work if it cannot be one (a folder, or in a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder, not a file")
+    up = next((p for p in path.parents if p.exists()), None)
+    if up is not None and not up.is_dir():
+        raise ValueError(f"{option} {path}: {up} is a file, not a folder")
+    return path
+
+
+#: what each kind of ``generate`` takes besides the shared options
+_GENERATE_TAKES = {"md": {"target", "--temperature", "--kind"}, "pbe": {"target", "set", "--limit"}}
+
+
+def _options_that_do_not_apply(args) -> list[str]:
+    given = {"target": args.target, "set": args.set, "--temperature": args.temperature, "--kind": args.kind,
+             "--limit": args.limit}
+    takes = _GENERATE_TAKES.get(args.molecule, set())
+    return [k for k, v in given.items() if v is not None and k not in takes]
+
+
 def _cmd_generate(args) -> int:
     from .progress import TqdmProgress
     from .reference import geometries
     from .reference.generate import generate
 
+    extra = _options_that_do_not_apply(args)
+    if extra:
+        print(f"mlhk-viz generate {args.molecule}: {', '.join(extra)} do(es) not apply here (see mlhk-viz generate -h)",
+              file=sys.stderr)
+        return 2
     if args.molecule == "md":
         return _cmd_generate_md(args)
     if args.molecule == "pbe":
         return _cmd_generate_pbe(args)
     if args.molecule not in geometries.SETS:
-        print(f"mlhk-viz generate: unknown set {args.molecule!r}; choose from {sorted(geometries.SETS)}", file=sys.stderr)
+        print(f"mlhk-viz generate: unknown set {args.molecule!r}; choose from {sorted(geometries.SETS)} "
+              f"(or md / pbe for the MD molecules)", file=sys.stderr)
         return 2
     numbers, pos = geometries.SETS[args.molecule]()
-    out = Path(args.out or DATA_DIR / f"{args.molecule}.npz")
+    out = _output_file(args.out or DATA_DIR / f"{args.molecule}.npz")
     desc = {"h2": "H2 bond-length scan, 150 geometries evenly spaced in [0.5, 1.5] Å (ordered)",
             "h2o": "H2O, 350 geometries: bond lengths 0.97 ± 0.075 Å, angle 104.2 ± 8.59°, uniform random"}
     bar = TqdmProgress()
@@ -74,11 +102,13 @@ def _cmd_generate_md(args) -> int:
     if args.target not in MOLECULES:
         print(f"mlhk-viz generate md: unknown molecule {args.target!r}; choose from {list(MOLECULES)}", file=sys.stderr)
         return 2
-    if args.kind not in KINDS:
-        print(f"mlhk-viz generate md: --kind must be one of {list(KINDS)}", file=sys.stderr)
+    kind = args.kind or "pool"
+    if kind not in KINDS:
+        print(f"mlhk-viz generate md: --kind must be one of {list(KINDS)}, got {kind!r}", file=sys.stderr)
         return 2
     bar = TqdmProgress()
-    path = generate_md(args.target, args.temperature, Path(args.out or DATA_DIR / "md"), kind=args.kind, progress=bar)
+    path = generate_md(args.target, args.temperature or 300.0, Path(args.out or DATA_DIR / "md"), kind=kind,
+                       progress=bar)
     bar.close()
     print(f"wrote {path}")
     return 0
@@ -95,7 +125,7 @@ def _cmd_generate_pbe(args) -> int:
               file=sys.stderr)
         return 2
     numbers, pos, info = frames(args.target, args.set, DATA_DIR / "md")
-    out = Path(args.out or set_path(args.target, args.set, DATA_DIR))
+    out = _output_file(args.out or set_path(args.target, args.set, DATA_DIR))
     bar = TqdmProgress()
     generate(f"{args.target}-{args.set}", out, numbers, pos, chunk_size=args.chunk_size, scheduler=args.scheduler,
              n_workers=args.workers, ordered=args.set == "trace",
@@ -112,8 +142,8 @@ def _cmd_assemble(args) -> int:
     if args.molecule not in MOLECULES:
         print(f"mlhk-viz assemble: unknown molecule {args.molecule!r}; choose from {list(MOLECULES)}", file=sys.stderr)
         return 2
+    out = _output_file(args.out or DATA_DIR / f"{args.molecule}-md.npz")
     ds = assemble(args.molecule, DATA_DIR, DATA_DIR / "md", training=args.training, m=args.m, n_test=args.test)
-    out = Path(args.out or DATA_DIR / f"{args.molecule}-md.npz")
     ds.save(out)
     r = ds.meta["roles"]
     print(f"wrote {out}: {len(r['pool'])} pool, {len(r['test'])} test, {len(r['trajectory'])} trajectory frames "
@@ -133,6 +163,8 @@ def _cmd_reproduce(args) -> int:
     if args.what not in REPRODUCIBLE:
         print(f"mlhk-viz reproduce: unknown target {args.what!r}; choose from {', '.join(REPRODUCIBLE)}", file=sys.stderr)
         return 2
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file; reproduce writes its files into a folder")
     bar = TqdmProgress()
     data_dir = Path(args.data_dir)
     md_dir = Path(args.md_dir) if args.md_dir else data_dir / "md"
@@ -232,6 +264,11 @@ def _cmd_cube(args) -> int:
 
     from .datasets import Dataset, write_cube
 
+    out = _output_file(args.out, "OUT")
+    if out.exists() and out.resolve() == Path(args.dataset).resolve():
+        raise ValueError(f"OUT {out}: is the data set itself; give another file name")
+    if out.exists() and out.suffix.lower() not in (".cube", ".cub"):
+        raise ValueError(f"OUT {out}: exists and is not a .cube file; not overwritten")
     ds = Dataset.load(args.dataset)
     if args.index >= len(ds):
         raise ValueError(f"{args.dataset}: no molecule {args.index}; the set has {len(ds)} (0 to {len(ds) - 1})")
@@ -253,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("molecule", help="h2, h2o, md (classical MD snapshots) or pbe (PBE for an MD set)")
     g.add_argument("target", nargs="?", help="with md/pbe: benzene, ethane or malonaldehyde")
     g.add_argument("set", nargs="?", help="with pbe: test, train300, train300+350, train300+400 or trace")
-    g.add_argument("--temperature", type=_positive_float, default=300.0, help="with md: temperature in K")
-    g.add_argument("--kind", default="pool", help="with md: pool, test or trace")
+    g.add_argument("--temperature", type=_positive_float, help="with md: temperature in K (default 300)")
+    g.add_argument("--kind", help="with md: pool, test or trace (default pool)")
     g.add_argument("--out", help="output file (default data/<molecule>.npz)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
     g.add_argument("--workers", type=_at_least(1), default=2, help="local single-threaded workers (default 2)")
@@ -330,6 +367,10 @@ def main(argv=None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
         return 141
+    except OSError as exc:  # a file or folder the system refused (permissions, a full disk, a folder in the way)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"mlhk-viz {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

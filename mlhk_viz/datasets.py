@@ -10,6 +10,7 @@ energy-only models).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -44,6 +45,8 @@ class DatasetError(ValueError):
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder and rename: readers never see half a file."""
     path = Path(path)
+    if path.is_dir():  # else the rename below fails naming the temporary file, not this one
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -122,6 +125,8 @@ def open_npz(path, kind: str = FORMAT, what: str = ".npz file"):
     says what is wrong (``what`` names the kind of file in that message).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder, not a {what}")
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     unreadable = f"{path}: not a readable {what} (truncated or corrupt?)"

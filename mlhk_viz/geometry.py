@@ -16,10 +16,11 @@ from sklearn.cluster import KMeans
 def as_positions(positions, name: str = "positions") -> np.ndarray:
     """Validate and return float positions ``(n, n_atoms, 3)`` (a single ``(n_atoms, 3)`` is promoted)."""
     p = np.asarray(positions, dtype=float)
+    given = p.shape
     if p.ndim == 2:
         p = p[None]
     if p.ndim != 3 or p.shape[-1] != 3 or p.shape[1] < 1:
-        raise ValueError(f"{name}: expected shape (n_molecules, n_atoms, 3) in Å, got {p.shape}")
+        raise ValueError(f"{name}: expected shape (n_molecules, n_atoms, 3) in Å, got {given}")
     if not np.all(np.isfinite(p)):
         bad = np.argwhere(~np.isfinite(p).all(axis=(1, 2)))[:, 0]
         raise ValueError(f"{name}: non-finite coordinates in molecule(s) {bad[:10].tolist()}")

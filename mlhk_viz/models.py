@@ -56,7 +56,13 @@ def molecules(X, numbers=None) -> tuple[np.ndarray, np.ndarray]:
     pos = as_positions(X, "X")
     if numbers is None:
         raise ValueError("X is a positions array: pass numbers= (atomic numbers, shape (n_atoms,))")
-    nums = np.asarray(numbers, int).reshape(-1)
+    raw = np.asarray(numbers).reshape(-1)
+    whole = raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and np.all(np.isfinite(raw)) and np.all(raw == np.round(raw)))
+    if not whole:
+        raise ValueError(f"numbers: atomic numbers must be whole numbers, got {raw[:6].tolist()}")
+    nums = raw.astype(int)
+    if nums.size and (nums.min() < 1 or nums.max() > 118):
+        raise ValueError(f"numbers: atomic numbers lie in 1..118, got {nums[(nums < 1) | (nums > 118)][:6].tolist()}")
     if len(nums) != pos.shape[1]:
         raise ValueError(f"numbers has {len(nums)} atoms, X has {pos.shape[1]} per molecule")
     return pos, nums
@@ -64,6 +70,10 @@ def molecules(X, numbers=None) -> tuple[np.ndarray, np.ndarray]:
 
 def _targets(y, n: int, name: str, width: int | None = None) -> np.ndarray:
     a = np.asarray(y, dtype=float)
+    want = f"({n},)" if width is None else f"({n}, {width})"
+    if a.ndim != (1 if width is None else 2):
+        raise ValueError(f"{name}: expected shape {want}, one {'value' if width is None else 'row'} per molecule, "
+                         f"got {'a scalar' if a.ndim == 0 else a.shape}")
     if a.shape[0] != n:
         raise ValueError(f"{name}: {a.shape[0]} rows for {n} molecules")
     if width is not None and (a.ndim != 2 or a.shape[1] != width):
@@ -101,6 +111,8 @@ def _choose(D, Y, sigma, lam, sigma_factors, lams, cv, per_output, progress, sta
     """Use given (sigma, lam) or pick them by CV on the training set only (``rule``: see ``krr.cv_grid``)."""
     if sigma is not None and lam is not None:
         return HyperChoice(sigma, lam)
+    if not (cv == "loo" or (isinstance(cv, (int, np.integer)) and not isinstance(cv, bool))):
+        raise ValueError(f"cv must be 'loo' or a number of folds (int >= 2), got {cv!r}")
     med = _median_distance(D)
     sigmas = np.array([sigma], float) if sigma is not None else np.asarray(sigma_factors, float) * med
     lam_grid = np.array([lam], float) if lam is not None else np.asarray(lams, float)
@@ -331,6 +343,8 @@ class MLHK(_Base):
     def energy_of(self, coefficients) -> np.ndarray:
         """The learned functional E^ML[n] for densities given by ``coefficients`` ``(n, size)``: ``(n,)`` Hartree."""
         U = np.atleast_2d(np.asarray(coefficients, float))
+        if U.ndim != 2 or U.shape[1] != self.energy_features_.shape[1]:
+            raise ValueError(f"coefficients: expected shape (n, {self.energy_features_.shape[1]}), got {U.shape}")
         return self.energy_model_.predict(sq_feature_distances(U, self.energy_features_))[:, 0]
 
     def predict(self, X) -> np.ndarray:
@@ -548,16 +562,19 @@ def _refit_from_reference(model, path, arrays, dataset, search, progress):
         raise DatasetError(f"{where} go up to {rows.max()}, but the set has {len(ds)} molecules")
     if not np.array_equal(ds.numbers, model.numbers_):
         raise DatasetError(f"{where}: the set holds atoms {ds.numbers.tolist()}, the model {np.asarray(model.numbers_).tolist()}")
+    def refuse(differ, what):
+        if differ.any():
+            raise DatasetError(f"{where} are not the molecules it was trained on (rows {rows[differ][:5].tolist()} "
+                               f"differ in {what}): the data set changed since the model was saved")
+
+    # geometry and energy first: a changed set is refused before its densities are expanded
     E = ds.energies[rows]
+    refuse((np.abs(model._align(ds.positions[rows]) - model.X_fit_).max(axis=(1, 2)) > 1e-6)
+           | (np.abs(E - arrays["train_energies"]) > 1e-8), "geometry or energy")
     progress(0, 1, "training densities")
     U = ds.coefficients(progress, rows=rows)
-    pos = model._align(ds.positions[rows])
-    tol_U = 1e-6 * arrays["train_density_norms"]
-    differ = ((np.abs(pos - model.X_fit_).max(axis=(1, 2)) > 1e-6) | (np.abs(E - arrays["train_energies"]) > 1e-8)
-              | (np.abs(np.linalg.norm(U, axis=1) - arrays["train_density_norms"]) > tol_U))
-    if differ.any():
-        raise DatasetError(f"{where} are not the molecules it was trained on (rows {rows[differ][:5].tolist()} differ in "
-                           f"geometry, energy or density): the data set changed since the model was saved")
+    norms = arrays["train_density_norms"]
+    refuse(np.abs(np.linalg.norm(U, axis=1) - norms) > 1e-6 * norms, "density")
     D = model.potential_.sq_distances(model.X_fit_, None, model.numbers_, model.axes_)
 
     def hyper(prefix):

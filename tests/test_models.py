@@ -238,7 +238,17 @@ def test_a_by_reference_file_says_what_is_missing_or_changed(tmp_path, h2, h2_sp
     changed.energies = changed.energies.copy()
     changed.energies[train[4]] += 1e-6
     changed.save(tmp_path / "h2.npz")
-    with pytest.raises(DatasetError, match=rf"are not the molecules it was trained on \(rows \[{train[4]}\] differ"):
+    calls = []
+    with pytest.raises(DatasetError, match=rf"are not the molecules it was trained on \(rows \[{train[4]}\] differ "
+                                           r"in geometry or energy\)"):
+        load_model(ref, progress=lambda *a: calls.append(a))
+    assert calls == []  # refused before any density of the changed set was expanded
+    # a density changed alone (orbitals scaled by 1 %, same geometry and energy)
+    changed = h2.subset(np.arange(len(h2)))
+    changed.mo_coeff = changed.mo_coeff.copy()
+    changed.mo_coeff[train[6]] *= 1.01
+    changed.save(tmp_path / "h2.npz")
+    with pytest.raises(DatasetError, match=rf"\(rows \[{train[6]}\] differ in density\)"):
         load_model(ref)
     # a shorter set
     h2.subset(np.arange(int(max(train)))).save(tmp_path / "h2.npz")
@@ -315,6 +325,21 @@ def test_bad_inputs_say_what_is_wrong(h2, h2_split):
     m = MLKS().fit(P, E, numbers=h2.numbers)
     with pytest.raises(ValueError, match="3 atoms per molecule"):
         m.predict(np.zeros((2, 3, 3)))
+    # the shapes and values the caller gave are the ones named
+    for kwargs, said in (({"y": 1.0}, r"y \(energies\): expected shape \(10,\), one value per molecule, got a scalar"),
+                         ({"y": np.c_[E, E]}, r"y \(energies\): expected shape \(10,\), .* got \(10, 2\)"),
+                         ({"X": P.reshape(10, 6)}, r"X: expected shape \(n_molecules, n_atoms, 3\) in Å, got \(10, 6\)"),
+                         ({"numbers": [1.7, 1.2]}, r"numbers: atomic numbers must be whole numbers, got \[1.7, 1.2\]"),
+                         ({"numbers": ["H", "H"]}, "numbers: atomic numbers must be whole numbers"),
+                         ({"numbers": [200, 1]}, r"numbers: atomic numbers lie in 1..118, got \[200\]")):
+        args = {"X": P, "y": E, "numbers": h2.numbers, **kwargs}
+        with pytest.raises(ValueError, match=said):
+            MLKS().fit(args["X"], args["y"], numbers=args["numbers"])
+    with pytest.raises(ValueError, match="cv must be 'loo' or a number of folds .*, got 'bogus'"):
+        MLKS(cv="bogus").fit(P, E, numbers=h2.numbers)
+    hk = MLHK(sigma=100.0, lam=1e-8, energy_sigma=1.0, energy_lam=1e-8).fit(P, E, U[train], numbers=h2.numbers)
+    with pytest.raises(ValueError, match=r"coefficients: expected shape \(n, 125000\), got \(2, 10\)"):
+        hk.energy_of(np.zeros((2, 10)))
 
 
 @pytest.mark.slow

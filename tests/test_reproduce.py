@@ -65,6 +65,34 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["cube", str(h2), "150", str(tmp_path / "c.cube")]) == 1
     assert "h2.npz: no molecule 150; the set has 150 (0 to 149)" in capsys.readouterr().err
     assert not (tmp_path / "c.cube").exists()
+    # outputs that cannot be written, or would destroy a file, are refused before any work, naming the path
+    copy = tmp_path / "h2copy.npz"
+    copy.write_bytes(h2.read_bytes())
+    (tmp_path / "adir.npz").mkdir()
+    for args, said in ((["cube", str(copy), "0", str(copy)], "h2copy.npz: is the data set itself"),
+                       (["cube", str(h2), "0", str(copy)], "h2copy.npz: exists and is not a .cube file; not overwritten"),
+                       (["cube", str(h2), "0", str(tmp_path / "adir.npz")], "adir.npz: is a folder, not a file"),
+                       (["cube", str(h2), "0", str(copy / "c.cube")], "h2copy.npz is a file, not a folder"),
+                       (["info", str(tmp_path / "adir.npz")], "adir.npz: is a folder, not a .npz file"),
+                       (["reproduce", "table2", "--out", str(copy)], "is a file; reproduce writes its files into a folder"),
+                       (["generate", "h2", "--out", str(tmp_path / "adir.npz")], "adir.npz: is a folder, not a file"),
+                       (["assemble", "ethane", "--out", str(tmp_path / "adir.npz")], "adir.npz: is a folder, not a file")):
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, (args, err)
+    assert copy.read_bytes() == h2.read_bytes()
+    assert not list(tmp_path.glob("adir.npz.parts-*"))
+    # options of one kind of generate given to another are refused, not ignored
+    for args, said in ((["generate", "h2", "--limit", "3"], "mlhk-viz generate h2: --limit do(es) not apply here"),
+                       (["generate", "h2o", "ethane"], "mlhk-viz generate h2o: target do(es) not apply here"),
+                       (["generate", "pbe", "ethane", "test", "--temperature", "350"], "--temperature do(es) not apply"),
+                       (["generate", "md", "ethane", "--limit", "5"], "mlhk-viz generate md: --limit do(es) not apply")):
+        assert main(args) == 2, args
+        assert said in capsys.readouterr().err, args
+    # a write the system refuses is one line, not a traceback
+    assert main(["cube", str(h2), "0", "/proc/no/c.cube", "--points", "8"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mlhk-viz cube: error: ") and "Traceback" not in err, err
     assert main(["reproduce", "fig3b", "--out", str(tmp_path / "o"), "--extra", str(tmp_path / "gone.npz")]) == 2
     err = capsys.readouterr().err
     assert "--extra" in err and "gone.npz: no such file" in err and not (tmp_path / "o").exists()
