@@ -89,6 +89,9 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
                        (["generate", "md", "ethane", "--limit", "5"], "mlhk-viz generate md: --limit do(es) not apply")):
         assert main(args) == 2, args
         assert said in capsys.readouterr().err, args
+    # a run that fails leaves no empty output folder behind (here: no PBE data in the data folder)
+    assert main(["reproduce", "fig2", "--out", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "adir.npz")]) == 1
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "empty").exists()
     # a write the system refuses is one line, not a traceback
     assert main(["cube", str(h2), "0", "/proc/no/c.cube", "--points", "8"]) == 1
     err = capsys.readouterr().err
