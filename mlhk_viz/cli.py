@@ -284,8 +284,11 @@ def _cmd_cube(args) -> int:
     ax = b.grid_axis(args.points)
     rho = b.to_grid(c, args.points)
     write_cube(args.out, rho, (ax, ax, ax), ds.numbers, ds.positions[args.index])
-    print(f"wrote {args.out}: DFT density of molecule {args.index}, {args.points}^3 grid, "
-          f"{float(np.sum(rho) * (b.box / args.points) ** 3):.6f} electrons")
+    on_grid, exact = float(np.sum(rho) * (b.box / args.points) ** 3), float(b.electron_count(c))
+    print(f"wrote {args.out}: DFT density of molecule {args.index}, {args.points}^3 grid, {on_grid:.6f} electrons")
+    if abs(on_grid - exact) > 1e-3 * exact:  # below about 40 points the grid no longer samples the density
+        print(f"note: the density holds {exact:.6f} electrons; {args.points} points per axis are too few to integrate "
+              f"it (use --points 40 or more)")
     return 0
 
 

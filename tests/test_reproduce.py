@@ -92,6 +92,15 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     # a run that fails leaves no empty output folder behind (here: no PBE data in the data folder)
     assert main(["reproduce", "fig2", "--out", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "adir.npz")]) == 1
     assert "no such file" in capsys.readouterr().err and not (tmp_path / "empty").exists()
+    # a cube too coarse to integrate the density says so; a fine one does not, and reads back
+    from mlhk_viz.datasets import read_cube
+    assert main(["cube", str(h2), "3", str(tmp_path / "coarse.cube"), "--points", "8"]) == 0
+    assert "points per axis are too few to integrate it" in capsys.readouterr().out
+    assert main(["cube", str(h2), "3", str(tmp_path / "fine.cube"), "--points", "48"]) == 0
+    out = capsys.readouterr().out
+    assert "2.000000 electrons" in out and "too few" not in out, out
+    data, axes, atoms = read_cube(tmp_path / "fine.cube")
+    assert data.shape == (48, 48, 48) and len(atoms) == 2
     # a write the system refuses is one line, not a traceback
     assert main(["cube", str(h2), "0", "/proc/no/c.cube", "--points", "8"]) == 1
     err = capsys.readouterr().err
