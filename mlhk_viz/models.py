@@ -13,6 +13,7 @@ KRR energy functional on the predicted coefficients. ML-KS (Eq. 15): potential -
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -535,6 +536,8 @@ def _training_set(path, name, dataset, search):
     if isinstance(dataset, Dataset):
         return dataset
     if dataset is not None:
+        if not isinstance(dataset, (str, os.PathLike)):
+            raise TypeError(f"load_model: dataset must be a Dataset or a path, got {type(dataset).__name__}")
         return Dataset.load(dataset)
     if not isinstance(name, str) or not name:
         raise DatasetError(f"{path}: refers to its training densities but does not name their data set; pass dataset=")

@@ -230,6 +230,8 @@ def test_a_by_reference_file_says_what_is_missing_or_changed(tmp_path, h2, h2_sp
     assert main(["info", str(ref)]) == 0
     out = capsys.readouterr().out
     assert "format version 2" in out and "training densities: by reference to h2.npz" in out
+    with pytest.raises(TypeError, match="dataset must be a Dataset or a path, got int"):
+        load_model(ref, dataset=123)
     # the data set is nowhere it is looked for
     with pytest.raises(DatasetError, match=r"ref.npz: its training densities are in h2.npz, which is not in .*pass dataset="):
         load_model(ref, search=[tmp_path / "elsewhere"])
