@@ -158,7 +158,6 @@ def _protocol(args) -> dict:
 
 def _cmd_reproduce(args) -> int:
     from .progress import TqdmProgress
-    from .reproduce import figures, table1, table2
 
     if args.what not in REPRODUCIBLE:
         print(f"mlhk-viz reproduce: unknown target {args.what!r}; choose from {', '.join(REPRODUCIBLE)}", file=sys.stderr)
@@ -169,39 +168,46 @@ def _cmd_reproduce(args) -> int:
     made = not out.exists()
     bar = TqdmProgress()
     try:
-        data_dir = Path(args.data_dir)
-        md_dir = Path(args.md_dir) if args.md_dir else data_dir / "md"
-        if args.what == "table1":
-            table1.run(out, data_dir=data_dir, curve_max=args.curve_max, progress=bar, log=print)
-        elif args.what == "table2":
-            molecules = tuple(args.molecules.split(",")) if args.molecules else table2.MOLECULES
-            trainings = tuple(args.trainings.split(",")) if args.trainings else tuple(table2.TRAININGS)
-            table2.run(out, data_dir, md_dir, m=args.m, molecules=molecules, params=_protocol(args) or None,
-                       progress=bar, log=print, trainings=trainings)
-        elif args.what == "fig2":
-            chosen = {"molecules": tuple(args.molecules.split(","))} if args.molecules else {}
-            figures.fig2(out, data_dir, md_dir, m=args.m, progress=bar, log=print, **chosen)
-        elif args.what == "fig3b":
-            mol = args.molecules or "malonaldehyde"
-            if mol not in table2.MOLECULES:
-                print(f"mlhk-viz reproduce fig3b: --molecules takes one of {', '.join(table2.MOLECULES)}, got {mol!r}",
-                      file=sys.stderr)
-                return 2
-            params = {k: v for k, v in (("lam", args.lam), ("energy_lam", args.energy_lam)) if v is not None}
-            params.update(_protocol(args))
-            for e in args.extra or ():
-                if not Path(e).is_file():
-                    print(f"mlhk-viz reproduce fig3b: --extra {e}: no such file", file=sys.stderr)
-                    return 2
-            figures.fig3b(out, data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, params=params,
-                          seed=args.seed, extra=args.extra, overwrite=args.overwrite, progress=bar, log=print)
-        else:
-            getattr(figures, args.what)(out, data_dir, md_dir, m=args.m, progress=bar, log=print)
+        status = _reproduce(args, out, bar)
     except BaseException:
         if made and out.is_dir() and not any(out.iterdir()):  # a failed run leaves no empty folder behind
             out.rmdir()
         raise
     bar.close()
+    return status
+
+
+def _reproduce(args, out: Path, bar) -> int:
+    from .reproduce import figures, table1, table2
+
+    data_dir = Path(args.data_dir)
+    md_dir = Path(args.md_dir) if args.md_dir else data_dir / "md"
+    if args.what == "table1":
+        table1.run(out, data_dir=data_dir, curve_max=args.curve_max, progress=bar, log=print)
+    elif args.what == "table2":
+        molecules = tuple(args.molecules.split(",")) if args.molecules else table2.MOLECULES
+        trainings = tuple(args.trainings.split(",")) if args.trainings else tuple(table2.TRAININGS)
+        table2.run(out, data_dir, md_dir, m=args.m, molecules=molecules, params=_protocol(args) or None,
+                   progress=bar, log=print, trainings=trainings)
+    elif args.what == "fig2":
+        chosen = {"molecules": tuple(args.molecules.split(","))} if args.molecules else {}
+        figures.fig2(out, data_dir, md_dir, m=args.m, progress=bar, log=print, **chosen)
+    elif args.what == "fig3b":
+        mol = args.molecules or "malonaldehyde"
+        if mol not in table2.MOLECULES:
+            print(f"mlhk-viz reproduce fig3b: --molecules takes one of {', '.join(table2.MOLECULES)}, got {mol!r}",
+                  file=sys.stderr)
+            return 2
+        params = {k: v for k, v in (("lam", args.lam), ("energy_lam", args.energy_lam)) if v is not None}
+        params.update(_protocol(args))
+        for e in args.extra or ():
+            if not Path(e).is_file():
+                print(f"mlhk-viz reproduce fig3b: --extra {e}: no such file", file=sys.stderr)
+                return 2
+        figures.fig3b(out, data_dir, md_dir, m=args.m, forces=args.forces, molecule=mol, params=params,
+                      seed=args.seed, extra=args.extra, overwrite=args.overwrite, progress=bar, log=print)
+    else:
+        getattr(figures, args.what)(out, data_dir, md_dir, m=args.m, progress=bar, log=print)
     return 0
 
 
