@@ -565,6 +565,7 @@ def _refit_from_reference(model, path, arrays, dataset, search, progress):
         raise DatasetError(f"{where} go up to {rows.max()}, but the set has {len(ds)} molecules")
     if not np.array_equal(ds.numbers, model.numbers_):
         raise DatasetError(f"{where}: the set holds atoms {ds.numbers.tolist()}, the model {np.asarray(model.numbers_).tolist()}")
+
     def refuse(differ, what):
         if differ.any():
             raise DatasetError(f"{where} are not the molecules it was trained on (rows {rows[differ][:5].tolist()} "
