@@ -86,14 +86,14 @@ def save_model(progress, knobs, kind, path):
 
 
 # ------------------------------------------------------------------------------ model files
-def _loaded(path, dataset, progress=None):
+def _loaded(path, dataset, progress=null_progress):
     """The model in file ``path``; a by-reference file finds its training set beside it or in the folder of
     ``dataset`` (the set on screen), where the app's data sets are."""
     from ..models import load_model
 
     key = ("loaded", compute.file_key(path))
     return cache.FILE_MODELS.get_or_compute(key, lambda: load_model(path, search=[Path(dataset).parent],
-                                                               progress=progress or null_progress))
+                                                               progress=progress))
 
 
 def _variance(model, positions):
