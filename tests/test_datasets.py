@@ -284,7 +284,8 @@ def test_partial_md_set_is_cached_per_chunk(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["ethane-train300", "ethane-train300+350", "ethane-train300+400",
-                                  "malonaldehyde-train300+350", "benzene-test", "benzene-train300"])
+                                  "malonaldehyde-train300+350", "benzene-test", "benzene-train300",
+                                  "benzene-train300+350"])
 def test_finished_md_sets_expand_only_the_chunks_a_prefix_needs(name, tmp_path, monkeypatch):
     """A finished generated set keeps its generation chunks as cache blocks: M = 7 expands 2 chunks, not 2000 frames."""
     path = dsm.Path(__file__).resolve().parent.parent / "data" / f"{name}.npz"
